@@ -1,0 +1,349 @@
+"""The EM loop: one jitted ``lax.while_loop`` per fit, and restarts as one vmapped computation."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxem.core.estep import default_chunk_size, num_rows, reduce_chunks, total_weight
+from jaxem.core.model import Model
+from jaxem.core.mstep import ClosedForm, MStep
+
+Array = jax.Array
+
+
+class PrecisionWarning(UserWarning):
+    """Float64 input is fitted in float32 because JAX's 64-bit mode is off."""
+
+
+class Status(enum.IntEnum):
+    """Why a fit (or one restart lane) stopped."""
+
+    RUNNING = 0
+    CONVERGED = 1
+    MAX_ITER = 2
+    NONFINITE = 3
+
+
+class FitResult(NamedTuple):
+    """The outcome of a fit; under :func:`fit_restarts` every leaf gains a leading restart axis.
+
+    Attributes:
+        params: the fitted parameters (the last finite ones if the fit went non-finite).
+        log_likelihood: mean per-point log-likelihood (plus log prior / total weight: the
+            log-posterior under MAP-EM) at ``params``; ``-inf`` for a non-finite fit.
+        num_iters: EM iterations run.
+        status: a :class:`Status` code.
+        history: the objective before each iteration's M-step, shape ``[max_iter]``, NaN after
+            ``num_iters``. ``history[i]`` is what scikit-learn records as the lower bound.
+    """
+
+    params: Any
+    log_likelihood: Array
+    num_iters: Array
+    status: Array
+    history: Array
+
+
+@dataclass(frozen=True)
+class EM:
+    """A configured EM algorithm (frozen and hashable, so jit caches compiled fits by value).
+
+    Build it with :func:`em`.
+    """
+
+    model: Model
+    mstep: MStep = ClosedForm()
+    chunk_size: int | None = None
+
+    def e_pass(self, params: Any, x: Any, weights: Array | None) -> tuple[Any, Array]:
+        """One pass over the data: summed statistics and the mean objective at ``params``."""
+        stats, loglik = reduce_chunks(
+            lambda xc, wc, _: self.model.e_step(params, xc, wc), x, weights, self.chunk_size
+        )
+        objective = (loglik + self.model.log_prior(params)) / total_weight(x, weights, loglik.dtype)
+        return stats, objective
+
+    def objective(self, params: Any, x: Any, weights: Array | None) -> Array:
+        """Mean log-likelihood (plus log prior over the total weight) at ``params``."""
+        return self.e_pass(params, x, weights)[1]
+
+    def step(self, params: Any, x: Any, weights: Array | None) -> tuple[Any, Array]:
+        """One EM iteration: new parameters and the objective at the old ones."""
+        stats, objective = self.e_pass(params, x, weights)
+        new = self.mstep.update(self.model, params, stats, x, weights, self.chunk_size)
+        return new, objective
+
+
+def em(model: Model, mstep: MStep | None = None, chunk_size: int | None = None) -> EM:
+    """Configure EM for ``model``.
+
+    Args:
+        model: e.g. ``jaxem.Mixture(jaxem.Gaussian(3))``.
+        mstep: :class:`ClosedForm` (the default) or a gradient M-step.
+        chunk_size: points per chunk of the E-step; ``None`` picks one from the sizes at fit time.
+
+    Example:
+        >>> import jaxem
+        >>> algo = jaxem.em(jaxem.Mixture(jaxem.Gaussian(3)), chunk_size=1024)
+        >>> algo.chunk_size
+        1024
+    """
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+    return EM(model, ClosedForm() if mstep is None else mstep, chunk_size)
+
+
+class _LoopState(NamedTuple):
+    params: Any
+    iteration: Array
+    objective: Array
+    status: Array
+    history: Array
+
+
+def _all_finite(tree: Any) -> Array:
+    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _print_progress(iteration: Array, objective: Array) -> None:
+    print(f"jaxem: iteration {int(iteration)}, mean log-likelihood {float(objective):.6f}")
+
+
+def _run(algo: EM, params: Any, x: Any, weights: Array | None, tol: Array, max_iter: int, verbose: int) -> FitResult:
+    dtype = jax.tree.leaves(x)[0].dtype
+    history = jnp.full((max(max_iter, 1),), jnp.nan, dtype)
+    init = _LoopState(params, jnp.array(0), jnp.array(-jnp.inf, dtype), jnp.array(Status.RUNNING), history)
+    if max_iter == 0:
+        init = init._replace(status=jnp.array(Status.MAX_ITER))
+
+    def cond(state: _LoopState) -> Array:
+        return state.status == Status.RUNNING
+
+    def body(state: _LoopState) -> _LoopState:
+        new_params, objective = algo.step(state.params, x, weights)
+        iteration = state.iteration + 1
+        finite = jnp.isfinite(objective) & _all_finite(new_params)
+        converged = jnp.abs(objective - state.objective) < tol
+        status = jnp.where(
+            ~finite,
+            Status.NONFINITE,
+            jnp.where(converged, Status.CONVERGED, jnp.where(iteration >= max_iter, Status.MAX_ITER, Status.RUNNING)),
+        )
+        if verbose:
+            lax.cond(
+                (iteration % verbose == 0) | (status != Status.RUNNING),
+                lambda: jax.debug.callback(_print_progress, iteration, objective),
+                lambda: None,
+            )
+        kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_params, state.params)
+        return _LoopState(
+            kept, iteration, objective, status, state.history.at[state.iteration].set(objective)
+        )
+
+    final = lax.while_loop(cond, body, init)
+    objective = algo.objective(final.params, x, weights)
+    objective = jnp.where((final.status == Status.NONFINITE) | ~jnp.isfinite(objective), -jnp.inf, objective)
+    return FitResult(final.params, objective, final.iteration, final.status, final.history[:max_iter])
+
+
+@partial(jax.jit, static_argnames=("algo", "max_iter", "verbose"))
+def _fit_from_params(algo, params, x, weights, tol, max_iter, verbose):
+    return _run(algo, params, x, weights, tol, max_iter, verbose)
+
+
+@partial(jax.jit, static_argnames=("algo", "max_iter", "verbose"))
+def _fit_from_key(algo, key, x, weights, tol, max_iter, verbose):
+    return _run(algo, algo.model.init(key, x, weights), x, weights, tol, max_iter, verbose)
+
+
+@partial(jax.jit, static_argnames=("algo", "max_iter", "verbose"))
+def _fit_restarts_from_keys(algo, keys, x, weights, tol, max_iter, verbose):
+    def one(key):
+        return _run(algo, algo.model.init(key, x, weights), x, weights, tol, max_iter, verbose)
+
+    return jax.vmap(one)(keys)
+
+
+@partial(jax.jit, static_argnames=("algo", "max_iter", "verbose"))
+def _fit_restarts_from_params(algo, params, x, weights, tol, max_iter, verbose):
+    return jax.vmap(lambda p: _run(algo, p, x, weights, tol, max_iter, verbose))(params)
+
+
+def is_key(value: Any) -> bool:
+    """Whether ``value`` is a JAX PRNG key (typed, or a raw ``uint32[2]`` key)."""
+    if not isinstance(value, (jax.Array, np.ndarray)):
+        return False
+    if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        return True
+    return value.dtype == np.uint32 and value.shape[-1:] == (2,)
+
+
+def prepare_data(x: Any, weights: Any = None) -> tuple[Any, Array | None]:
+    """Convert data and weights to JAX arrays of one float dtype and check them.
+
+    Float64 input while JAX's 64-bit mode is off is fitted in float32 and says so with a
+    :class:`PrecisionWarning`; integer input becomes the default float type. Raises ``ValueError``
+    for non-finite values, empty data or bad weights.
+    """
+    leaves = jax.tree.leaves(x)
+    if not leaves:
+        raise ValueError("x holds no arrays: pass an array with one row per data point.")
+    if any(np.asarray(leaf).dtype == np.float64 for leaf in leaves if not isinstance(leaf, jax.Array)):
+        if not jax.config.jax_enable_x64:
+            warnings.warn(
+                "x is float64 but JAX's 64-bit mode is off, so the fit runs in float32. To fit in "
+                "float64, enable it before any JAX work (JAX_ENABLE_X64=1 or "
+                "jax.config.update('jax_enable_x64', True)); pass float32 data to silence this.",
+                PrecisionWarning,
+                stacklevel=3,
+            )
+
+    def to_float(a: Any) -> Array:
+        a = jnp.asarray(a)
+        return a if jnp.issubdtype(a.dtype, jnp.floating) else a.astype(jnp.result_type(float))
+
+    x = jax.tree.map(to_float, x)
+    n = num_rows(x)
+    if n == 0:
+        raise ValueError("x has 0 rows: pass at least one data point.")
+    if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(x)):
+        raise ValueError("x contains NaN or infinity: remove or impute those values before fitting.")
+    if weights is not None:
+        dtype = jax.tree.leaves(x)[0].dtype
+        weights = jnp.asarray(weights, dtype)
+        if weights.shape != (n,):
+            raise ValueError(
+                f"weights has shape {weights.shape} but x has {n} rows: pass one weight per row."
+            )
+        if not bool(jnp.all(jnp.isfinite(weights))) or bool(jnp.any(weights < 0)):
+            raise ValueError("weights must be finite and non-negative.")
+        if not bool(jnp.any(weights > 0)):
+            raise ValueError("weights are all zero: at least one point must have positive weight.")
+    return x, weights
+
+
+def _resolve(algo: EM, x: Any, num_restarts: int = 1) -> EM:
+    if algo.chunk_size is not None:
+        return algo
+    row = sum(int(np.prod(leaf.shape[1:], dtype=int)) for leaf in jax.tree.leaves(x))
+    width = row * getattr(algo.model, "num_components", 1) * num_restarts
+    return dataclasses.replace(algo, chunk_size=default_chunk_size(num_rows(x), width))
+
+
+def fit(
+    algo: EM,
+    init: Any,
+    x: Any,
+    weights: Any = None,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    verbose: int = 0,
+) -> FitResult:
+    """Fit by EM until the mean log-likelihood changes by less than ``tol`` (scikit-learn's rule).
+
+    Args:
+        algo: from :func:`em`.
+        init: a PRNG key (parameters are drawn by ``algo.model.init``) or initial parameters.
+        x: data, one row per point (an array, or a pytree of arrays sharing the row axis).
+        weights: optional non-negative weight per row.
+        max_iter: the most EM iterations.
+        tol: convergence threshold on the change of the mean per-point objective.
+        verbose: print progress every ``verbose`` iterations from inside the loop (0: silent).
+
+    Returns:
+        A :class:`FitResult`; check ``status`` for convergence.
+
+    Example:
+        >>> import jax, jaxem
+        >>> x = jax.random.normal(jax.random.key(0), (200, 2))
+        >>> algo = jaxem.em(jaxem.Mixture(jaxem.Gaussian(2, covariance_type="diag")))
+        >>> result = jaxem.fit(algo, jax.random.key(0), x, max_iter=50)
+        >>> int(result.status) in (1, 2)
+        True
+    """
+    x, weights = prepare_data(x, weights)
+    _check_iterations(max_iter, tol)
+    algo = _resolve(algo, x)
+    if is_key(init):
+        return _fit_from_key(algo, init, x, weights, tol, max_iter, verbose)
+    return _fit_from_params(algo, init, x, weights, tol, max_iter, verbose)
+
+
+def _check_iterations(max_iter: int, tol: float) -> None:
+    if not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}.")
+    if not np.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be a non-negative number, got {tol!r}.")
+
+
+def best_restart(results: FitResult) -> Array:
+    """Index of the lane with the highest objective; non-finite lanes never win."""
+    score = jnp.where(results.status == Status.NONFINITE, -jnp.inf, results.log_likelihood)
+    return jnp.argmax(score)
+
+
+def fit_restarts(
+    algo: EM,
+    init: Any,
+    x: Any,
+    weights: Any = None,
+    *,
+    num_restarts: int | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    verbose: int = 0,
+) -> tuple[FitResult, FitResult]:
+    """Run many EM fits as one vmapped computation and return the best and all of them.
+
+    Each lane stops on its own criterion and then stays frozen while the others run. Lane ``i``
+    started from ``jax.random.split(key, num_restarts)[i]`` equals ``fit(algo, that key, x)``.
+
+    Args:
+        algo: from :func:`em`.
+        init: a PRNG key (split into ``num_restarts`` keys), a batch of keys, or initial parameters
+            with a leading restart axis on every leaf.
+        num_restarts: required when ``init`` is a single key.
+
+    Returns:
+        ``(best, all)``: the best lane's :class:`FitResult`, and every lane's with a leading axis.
+
+    Example:
+        >>> import jax, jaxem
+        >>> x = jax.random.normal(jax.random.key(0), (200, 2))
+        >>> algo = jaxem.em(jaxem.Mixture(jaxem.Gaussian(2)))
+        >>> best, lanes = jaxem.fit_restarts(algo, jax.random.key(0), x, num_restarts=8)
+        >>> lanes.log_likelihood.shape
+        (8,)
+    """
+    x, weights = prepare_data(x, weights)
+    _check_iterations(max_iter, tol)
+    if is_key(init):
+        keys = init
+        single = (
+            init.ndim == 0 if jax.dtypes.issubdtype(init.dtype, jax.dtypes.prng_key) else init.ndim == 1
+        )
+        if single:
+            if num_restarts is None or num_restarts < 1:
+                raise ValueError("num_restarts must be a positive integer when init is one key.")
+            keys = jax.random.split(init, num_restarts)
+        lanes = keys.shape[0]
+        algo = _resolve(algo, x, lanes)
+        results = _fit_restarts_from_keys(algo, keys, x, weights, tol, max_iter, verbose)
+    else:
+        lanes = jax.tree.leaves(init)[0].shape[0]
+        algo = _resolve(algo, x, lanes)
+        results = _fit_restarts_from_params(algo, init, x, weights, tol, max_iter, verbose)
+    best = best_restart(results)
+    return jax.tree.map(lambda a: a[best], results), results

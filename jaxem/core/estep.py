@@ -1,0 +1,115 @@
+"""Chunked reductions over the data axis and the log-space E-step arithmetic.
+
+Statistics add over data points, so a pass over the data is a sum of per-chunk results. The chunks
+are read with ``lax.dynamic_slice`` from the data array itself (no padded copy of the data is ever
+made), and a last chunk shorter than the others is handled by a second trace of the same function.
+Memory is therefore O(chunk_size x K), whatever N is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+
+# Elements of the largest per-chunk intermediate (chunk x K x D) a default chunk may hold.
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
+
+
+def num_rows(x: Any) -> int:
+    """The length of the leading (data) axis shared by every leaf of ``x``."""
+    leaves = jax.tree.leaves(x)
+    if not leaves:
+        raise ValueError("x holds no arrays: pass an array with one row per data point.")
+    n = leaves[0].shape[0]
+    for leaf in leaves[1:]:
+        if leaf.shape[0] != n:
+            raise ValueError(
+                f"The arrays in x disagree on the number of rows ({n} and {leaf.shape[0]}): "
+                "every leaf must have one row per data point."
+            )
+    return n
+
+
+def default_chunk_size(num_points: int, width: int) -> int:
+    """A chunk size that keeps a ``chunk x width`` intermediate near 4M elements.
+
+    ``width`` is the per-point size of the largest intermediate (K x D for a Gaussian mixture, times
+    the number of restarts under vmap).
+    """
+    size = max(256, DEFAULT_CHUNK_ELEMENTS // max(width, 1))
+    return int(min(num_points, size))
+
+
+def _slice_rows(tree: Any, start: Array | int, size: int) -> Any:
+    return jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size, axis=0), tree)
+
+
+def reduce_chunks(
+    fn: Callable[[Any, Array | None, Array], Any],
+    x: Any,
+    weights: Array | None,
+    chunk_size: int | None,
+) -> Any:
+    """Sum ``fn(x_chunk, weights_chunk, row_index)`` over consecutive chunks of the data.
+
+    ``row_index`` holds the global row numbers of the chunk, so a function that draws random numbers
+    per row (``jax.random.fold_in(key, row)``) gives the same answer for every chunk size.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> x = jnp.arange(10.0)[:, None]
+        >>> float(reduce_chunks(lambda xc, wc, i: xc.sum(), x, None, chunk_size=4))
+        45.0
+    """
+    n = num_rows(x)
+    size = n if chunk_size is None else int(min(max(chunk_size, 1), n))
+    num_full, tail = divmod(n, size)
+
+    def chunk(start: Array | int, length: int) -> Any:
+        xc = _slice_rows(x, start, length)
+        wc = None if weights is None else lax.dynamic_slice_in_dim(weights, start, length)
+        return fn(xc, wc, start + jnp.arange(length))
+
+    if num_full == 1 and tail == 0:
+        return fn(x, weights, jnp.arange(n))
+    total = chunk(0, size)
+    if num_full > 1:
+
+        def body(i: Array, acc: Any) -> Any:
+            return jax.tree.map(jnp.add, acc, chunk(i * size, size))
+
+        total = lax.fori_loop(1, num_full, body, total)
+    if tail:
+        total = jax.tree.map(jnp.add, total, chunk(num_full * size, tail))
+    return total
+
+
+def weighted_sum(values: Array, weights: Array | None) -> Array:
+    """``sum(weights * values)`` over the data axis, with zero-weight rows excluded by ``where``.
+
+    Excluding rather than multiplying keeps a padded or zero-weight row whose value is not finite
+    from turning the sum into NaN (0 x inf = NaN).
+    """
+    if weights is None:
+        return jnp.sum(values, axis=0)
+    w = weights.reshape(weights.shape + (1,) * (values.ndim - 1))
+    return jnp.sum(jnp.where(w > 0, w * values, 0), axis=0)
+
+
+def total_weight(x: Any, weights: Array | None, dtype: Any) -> Array:
+    """The number of data points, or the sum of their weights."""
+    if weights is None:
+        return jnp.asarray(num_rows(x), dtype)
+    return jnp.sum(weights).astype(dtype)
+
+
+def normalize_log(log_joint: Array) -> tuple[Array, Array]:
+    """Log-responsibilities and per-row log normaliser of a ``[C, K]`` log-joint, by logsumexp."""
+    log_norm = jax.nn.logsumexp(log_joint, axis=-1)
+    return log_joint - log_norm[..., None], log_norm

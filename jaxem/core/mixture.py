@@ -1,0 +1,140 @@
+"""Finite mixtures: K components of one family with mixture weights on the simplex.
+
+The weights always have a closed-form M-step (MAP under an optional symmetric Dirichlet prior). The
+component parameters take the family's closed form when it has one (:class:`ConjugateComponents`);
+otherwise the gradient M-step maximises Q over them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxem.core.estep import normalize_log, weighted_sum
+from jaxem.core.model import Components, ConjugateComponents
+
+Array = jax.Array
+
+
+class MixtureParams(NamedTuple):
+    """Parameters of a mixture.
+
+    Attributes:
+        weights: mixture weights, shape ``[K]``, on the simplex.
+        components: the family's parameters, leaves with a leading ``K`` axis.
+    """
+
+    weights: Array
+    components: Any
+
+
+class MixtureStats(NamedTuple):
+    """Additive statistics of a mixture E-step.
+
+    Attributes:
+        counts: summed (weighted) responsibilities, shape ``[K]``.
+        components: the family's summed statistics, or ``None`` when it has no closed form.
+    """
+
+    counts: Array
+    components: Any
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """A mixture of ``components.num_components`` densities of one family.
+
+    Args:
+        components: the component family (a :class:`Components`).
+        weight_concentration: concentration ``alpha`` of a symmetric Dirichlet prior on the weights;
+            ``1.0`` (the default) is a flat prior, i.e. maximum likelihood.
+
+    Example:
+        >>> import jax, jaxem
+        >>> model = jaxem.Mixture(jaxem.Gaussian(2))
+        >>> x = jax.random.normal(jax.random.key(0), (100, 2))
+        >>> result = jaxem.fit(jaxem.em(model), jax.random.key(1), x)
+        >>> result.params.weights.shape
+        (2,)
+    """
+
+    components: Components
+    weight_concentration: float = 1.0
+
+    @property
+    def num_components(self) -> int:
+        return self.components.num_components
+
+    def init(self, key: Array, x: Any, weights: Array | None) -> MixtureParams:
+        comp = self.components.init(key, x, weights)
+        leaves = jax.tree.leaves(comp)
+        dtype = leaves[0].dtype if leaves else jnp.result_type(float)
+        k = self.num_components
+        return MixtureParams(jnp.full((k,), 1.0 / k, dtype), comp)
+
+    def log_joint(self, params: MixtureParams, x: Any) -> Array:
+        """``log w_k + log p_k(x_n)`` for a chunk, shape ``[C, K]``."""
+        log_prob = self.components.log_prob_chunk(params.components, x)
+        return log_prob + jnp.log(params.weights)
+
+    def log_resp(self, params: MixtureParams, x: Any) -> tuple[Array, Array]:
+        """Log-responsibilities ``[C, K]`` and per-point log-likelihoods ``[C]`` of a chunk."""
+        return normalize_log(self.log_joint(params, x))
+
+    def e_step(
+        self, params: MixtureParams, x: Any, weights: Array | None
+    ) -> tuple[MixtureStats, Array]:
+        log_resp, log_norm = self.log_resp(params, x)
+        resp = jnp.exp(log_resp)
+        if weights is not None:
+            resp = jnp.where(weights[:, None] > 0, resp * weights[:, None], 0)
+        comp_stats = None
+        if isinstance(self.components, ConjugateComponents):
+            comp_stats = self.components.chunk_stats(params.components, x, resp)
+        return MixtureStats(jnp.sum(resp, axis=0), comp_stats), weighted_sum(log_norm, weights)
+
+    def m_step_weights(self, counts: Array) -> Array:
+        alpha = self.weight_concentration
+        if alpha == 1.0:
+            return counts / jnp.sum(counts)
+        # MAP under Dirichlet(alpha): clipping keeps a weight at 0 (never negative) when alpha < 1.
+        raw = jnp.maximum(counts + (alpha - 1.0), 0.0)
+        return raw / jnp.sum(raw)
+
+    def m_step(self, params: MixtureParams, stats: MixtureStats) -> MixtureParams:
+        weights = self.m_step_weights(stats.counts).astype(params.weights.dtype)
+        if stats.components is None:
+            return MixtureParams(weights, params.components)
+        return MixtureParams(weights, self.components.m_step(params.components, stats.components))
+
+    def log_prior(self, params: MixtureParams) -> Array:
+        lp = self.components.log_prior(params.components)
+        alpha = self.weight_concentration
+        if alpha != 1.0:
+            lp = lp + (alpha - 1.0) * jnp.sum(jnp.log(params.weights))
+        return lp
+
+    def expected_log_joint(
+        self, params: MixtureParams, params_old: MixtureParams, x: Any, weights: Array | None
+    ) -> Array:
+        """Q(params | params_old) on one chunk, without the prior.
+
+        Responsibilities come from ``params_old`` under ``stop_gradient``, so the gradient flows only
+        through ``params``.
+        """
+        log_resp, _ = self.log_resp(jax.lax.stop_gradient(params_old), x)
+        resp = jax.lax.stop_gradient(jnp.exp(log_resp))
+        log_joint = self.log_joint(params, x)
+        # where, not multiply: an empty component (log w = -inf) with zero responsibility adds 0.
+        per_point = jnp.sum(jnp.where(resp > 0, resp * log_joint, 0), axis=-1)
+        return weighted_sum(per_point, weights)
+
+    def entropy(self, params: MixtureParams, x: Any, weights: Array | None) -> Array:
+        """Weighted entropy of the responsibilities on one chunk, H(q) = -sum r log r."""
+        log_resp, _ = self.log_resp(params, x)
+        resp = jnp.exp(log_resp)
+        per_point = -jnp.sum(jnp.where(resp > 0, resp * log_resp, 0), axis=-1)
+        return weighted_sum(per_point, weights)

@@ -1,0 +1,91 @@
+"""The contracts between the engine and a model.
+
+A *model* is anything the engine can run EM on: it initialises parameters, turns a chunk of data into
+additive expected statistics (the E-step), and turns summed statistics into new parameters (the
+M-step). :class:`Components` and :class:`ConjugateComponents` are the smaller contracts a family of
+component densities implements; :class:`jaxem.core.mixture.Mixture` turns them into a model.
+
+Parameters, statistics and data are pytrees. ``x`` is an array, or a pytree of arrays, whose leaves
+share a leading data axis; ``weights`` is ``None`` (every point counts once) or an array of
+non-negative per-point weights along that axis.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = Any
+Stats = Any
+Data = Any
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What the engine needs of a model (a frozen dataclass, hashed by value)."""
+
+    def init(self, key: Array, x: Data, weights: Array | None) -> Params:
+        """Initial parameters drawn with ``key`` from the data."""
+
+    def e_step(self, params: Params, x: Data, weights: Array | None) -> tuple[Stats, Array]:
+        """Expected statistics of one chunk and the weighted sum of its log-likelihoods."""
+
+    def m_step(self, params: Params, stats: Stats) -> Params:
+        """New parameters from the statistics summed over all chunks."""
+
+    def log_prior(self, params: Params) -> Array:
+        """Log prior density of the parameters (0 for maximum likelihood)."""
+
+
+class Components:
+    """K component densities of one family; subclass as a frozen dataclass.
+
+    A subclass sets ``num_components`` and implements :meth:`init` and :meth:`log_prob` for one
+    datum; the engine vmaps it over data. Families may override :meth:`log_prob_chunk` with a
+    vectorised version when a benchmark shows it pays.
+    """
+
+    num_components: int
+
+    def init(self, key: Array, x: Data, weights: Array | None) -> Params:
+        """Initial component parameters drawn with ``key`` from the data."""
+        raise NotImplementedError
+
+    def log_prob(self, params: Params, x_one: Data) -> Array:
+        """Log density of one datum under each component, shape ``[K]``."""
+        raise NotImplementedError
+
+    def log_prob_chunk(self, params: Params, x: Data) -> Array:
+        """Log densities of a chunk, shape ``[C, K]``."""
+        return jax.vmap(self.log_prob, in_axes=(None, 0))(params, x)
+
+    def log_prior(self, params: Params) -> Array:
+        """Log prior density of the component parameters (0: maximum likelihood)."""
+        del params
+        return jnp.zeros(())
+
+
+class ConjugateComponents(Components):
+    """Components with a closed-form M-step.
+
+    :meth:`suff_stats` maps one datum and its (weighted) responsibilities to statistics that add over
+    data. It receives the current parameters so that a family can accumulate about a shift close to
+    the answer (the Gaussian accumulates about the previous means, which keeps float32 accurate).
+    :meth:`m_step` maps the summed statistics to the exact maximiser of Q (plus the log prior).
+    """
+
+    def suff_stats(self, params: Params, x_one: Data, resp: Array) -> Stats:
+        """Statistics of one datum with responsibilities ``resp`` (shape ``[K]``)."""
+        raise NotImplementedError
+
+    def chunk_stats(self, params: Params, x: Data, resp: Array) -> Stats:
+        """Statistics summed over a chunk; ``resp`` has shape ``[C, K]``."""
+        per_datum = jax.vmap(self.suff_stats, in_axes=(None, 0, 0))(params, x, resp)
+        return jax.tree.map(lambda s: jnp.sum(s, axis=0), per_datum)
+
+    def m_step(self, params: Params, stats: Stats) -> Params:
+        """Parameters that maximise Q (plus the log prior) given summed statistics."""
+        raise NotImplementedError

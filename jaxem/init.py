@@ -1,0 +1,121 @@
+"""Initialisation strategies in pure JAX: k-means++, k-means (Lloyd), random rows, random
+responsibilities, and hard assignment of points to centres.
+
+Every function takes explicit PRNG keys and optional per-point weights, works chunk by chunk where it
+passes over the data, and gives the same answer for any ``chunk_size``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxem.core.estep import reduce_chunks
+
+Array = jax.Array
+
+# k-means++ seeds from at most this many rows, so its O(N) distance vector stays bounded; with fewer
+# rows it uses all of them.
+KMEANS_PLUSPLUS_MAX_ROWS = 1 << 16
+
+
+def squared_distances(x: Array, centers: Array) -> Array:
+    """``|x_n - c_k|^2`` for a chunk ``[C, D]`` and centres ``[K, D]``, shape ``[C, K]``.
+
+    Differences are formed directly (not ``|x|^2 - 2 x.c + |c|^2``) so far-from-origin data keep
+    their precision.
+    """
+    diff = x[:, None, :] - centers[None, :, :]
+    return jnp.sum(diff * diff, axis=-1)
+
+
+def nearest_center(x: Array, centers: Array) -> Array:
+    """One-hot responsibilities of the nearest centre, shape ``[C, K]``."""
+    labels = jnp.argmin(squared_distances(x, centers), axis=-1)
+    return jax.nn.one_hot(labels, centers.shape[0], dtype=x.dtype)
+
+
+def random_rows(key: Array, x: Array, weights: Array | None, num_centers: int) -> Array:
+    """``num_centers`` distinct rows drawn with probability proportional to ``weights``."""
+    n = x.shape[0]
+    p = None if weights is None else weights / jnp.sum(weights)
+    idx = jax.random.choice(key, n, (num_centers,), replace=n < num_centers, p=p)
+    return x[idx]
+
+
+def kmeans_plusplus(key: Array, x: Array, weights: Array | None, num_centers: int) -> Array:
+    """k-means++ seeding (Arthur & Vassilvitskii, 2007) with point weights.
+
+    Each new centre is a row drawn with probability proportional to weight x squared distance to the
+    nearest centre so far. With more than ``KMEANS_PLUSPLUS_MAX_ROWS`` rows, seeding uses a weighted
+    sample of that many rows.
+
+    Example:
+        >>> import jax
+        >>> x = jax.random.normal(jax.random.key(0), (100, 2))
+        >>> kmeans_plusplus(jax.random.key(1), x, None, 3).shape
+        (3, 2)
+    """
+    n = x.shape[0]
+    key_sample, key_first, key_rest = jax.random.split(key, 3)
+    if n > KMEANS_PLUSPLUS_MAX_ROWS:
+        p = None if weights is None else weights / jnp.sum(weights)
+        idx = jax.random.choice(key_sample, n, (KMEANS_PLUSPLUS_MAX_ROWS,), replace=True, p=p)
+        x, weights = x[idx], None
+    w = jnp.ones(x.shape[0], x.dtype) if weights is None else weights.astype(x.dtype)
+    log_w = jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1)), -jnp.inf)
+    first = x[jax.random.categorical(key_first, log_w)]
+    centers = jnp.zeros((num_centers, x.shape[1]), x.dtype).at[0].set(first)
+    closest = jnp.sum((x - first) ** 2, axis=-1)
+
+    def body(i: Array, carry: tuple[Array, Array]) -> tuple[Array, Array]:
+        centers, closest = carry
+        score = jnp.where((w > 0) & (closest > 0), log_w + jnp.log(jnp.where(closest > 0, closest, 1)), -jnp.inf)
+        # All remaining mass at distance 0 (fewer distinct points than centres): fall back to weights.
+        score = jnp.where(jnp.any(jnp.isfinite(score)), score, log_w)
+        new = x[jax.random.categorical(jax.random.fold_in(key_rest, i), score)]
+        closest = jnp.minimum(closest, jnp.sum((x - new) ** 2, axis=-1))
+        return centers.at[i].set(new), closest
+
+    centers, _ = lax.fori_loop(1, num_centers, body, (centers, closest))
+    return centers
+
+
+def kmeans(
+    key: Array,
+    x: Array,
+    weights: Array | None,
+    num_centers: int,
+    *,
+    num_iters: int = 20,
+    chunk_size: int | None = None,
+) -> Array:
+    """Lloyd's k-means from k-means++ seeds, a fixed number of chunked passes.
+
+    An empty cluster keeps its previous centre.
+    """
+    centers = kmeans_plusplus(key, x, weights, num_centers)
+
+    def lloyd(_: Array, centers: Array) -> Array:
+        def chunk(xc: Array, wc: Array | None, _rows: Array) -> tuple[Array, Array]:
+            onehot = nearest_center(xc, centers)
+            if wc is not None:
+                onehot = onehot * wc[:, None]
+            return onehot.T @ xc, jnp.sum(onehot, axis=0)
+
+        sums, counts = reduce_chunks(chunk, x, weights, chunk_size)
+        return jnp.where(counts[:, None] > 0, sums / jnp.where(counts > 0, counts, 1)[:, None], centers)
+
+    return lax.fori_loop(0, num_iters, lloyd, centers)
+
+
+def random_resp(key: Array, rows: Array, num_components: int, dtype: jnp.dtype) -> Array:
+    """Uniform random responsibilities for the given global row numbers, shape ``[C, K]``.
+
+    Each row's draw depends only on ``key`` and its row number, so the result is the same for any
+    chunking of the data.
+    """
+    draw = jax.vmap(lambda r: jax.random.uniform(jax.random.fold_in(key, r), (num_components,), dtype))
+    u = draw(rows)
+    return u / jnp.sum(u, axis=-1, keepdims=True)

@@ -1,0 +1,268 @@
+"""Multivariate Gaussian components with full, tied, diagonal or spherical covariances.
+
+Parameters are the means and the Cholesky factor of the precision, as in scikit-learn: for ``full``
+an upper-triangular ``U_k`` with ``precision_k = U_k U_k^T`` (shape ``[K, D, D]``), for ``tied`` one
+such ``[D, D]`` factor, for ``diag`` ``1 / std`` per coordinate (``[K, D]``), for ``spherical``
+``1 / std`` per component (``[K]``).
+
+Statistics are accumulated about the previous means, per component, (``sum r (x - c)(x - c)^T``
+with ``c`` the old mean) and corrected in the M-step, so float32 keeps its precision on data far
+from the origin; the second moment of a chunk is one batched matrix product.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+
+from jaxem import init as initializers
+from jaxem.core.estep import default_chunk_size, reduce_chunks
+from jaxem.core.model import ConjugateComponents
+
+Array = jax.Array
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+INIT_METHODS = ("kmeans++", "kmeans", "random_resp", "random_rows")
+
+
+class GaussianParams(NamedTuple):
+    """Means ``[K, D]`` and the precision Cholesky factor (shape by covariance type)."""
+
+    means: Array
+    precision_cholesky: Array
+
+
+class GaussianStats(NamedTuple):
+    """Sums over data of ``r``, ``r (x - c)`` and ``r (x - c)(x - c)^T`` (or its diagonal).
+
+    ``c`` is the mean the statistics were accumulated about (the previous means).
+    """
+
+    counts: Array
+    first: Array
+    second: Array
+
+
+def _upper_cholesky_of_inverse(cov: Array) -> Array:
+    """The upper-triangular ``U`` with ``U U^T = cov^-1`` (batched over leading axes)."""
+    lower = jnp.linalg.cholesky(cov)
+    eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
+    return jnp.swapaxes(solve_triangular(lower, eye, lower=True), -1, -2)
+
+
+@dataclass(frozen=True)
+class Gaussian(ConjugateComponents):
+    """K multivariate Gaussians.
+
+    Args:
+        num_components: K.
+        covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+        reg_covar: added to the diagonal of every covariance (keeps it positive definite).
+        init_method: ``"kmeans++"`` (default), ``"kmeans"``, ``"random_resp"`` or ``"random_rows"``:
+            centres (or random responsibilities) from which the first parameters are estimated.
+
+    Example:
+        >>> import jax, jaxem
+        >>> x = jax.random.normal(jax.random.key(0), (300, 2))
+        >>> model = jaxem.Mixture(jaxem.Gaussian(3, covariance_type="tied"))
+        >>> jaxem.fit(jaxem.em(model), jax.random.key(0), x).params.components.means.shape
+        (3, 2)
+    """
+
+    num_components: int
+    covariance_type: str = "full"
+    reg_covar: float = 1e-6
+    init_method: str = "kmeans++"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_components, int) or self.num_components < 1:
+            raise ValueError(f"num_components must be a positive integer, got {self.num_components!r}.")
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(
+                f"Unknown covariance_type {self.covariance_type!r}: use one of {', '.join(COVARIANCE_TYPES)}."
+            )
+        if not self.reg_covar >= 0:
+            raise ValueError(f"reg_covar must be non-negative, got {self.reg_covar!r}.")
+        if self.init_method not in INIT_METHODS:
+            raise ValueError(f"Unknown init_method {self.init_method!r}: use one of {', '.join(INIT_METHODS)}.")
+
+    # ---- densities -------------------------------------------------------------------------------
+
+    def _whitened(self, params: GaussianParams, x: Array) -> tuple[Array, Array]:
+        """``z = x - mean_k`` ``[C, K, D]`` and its whitened form ``y`` with ``|y|^2`` the Mahalanobis
+        distance."""
+        z = x[:, None, :] - params.means[None, :, :]
+        u = params.precision_cholesky
+        if self.covariance_type == "full":
+            y = jnp.einsum("ckd,kde->cke", z, u)
+        elif self.covariance_type == "tied":
+            y = jnp.einsum("ckd,de->cke", z, u)
+        elif self.covariance_type == "diag":
+            y = z * u[None]
+        else:
+            y = z * u[None, :, None]
+        return z, y
+
+    def log_det_precision_cholesky(self, params: GaussianParams) -> Array:
+        """``log det U_k`` per component, shape ``[K]``."""
+        u = params.precision_cholesky
+        k, d = params.means.shape
+        if self.covariance_type == "full":
+            return jnp.sum(jnp.log(jnp.diagonal(u, axis1=-2, axis2=-1)), axis=-1)
+        if self.covariance_type == "tied":
+            return jnp.broadcast_to(jnp.sum(jnp.log(jnp.diagonal(u))), (k,))
+        if self.covariance_type == "diag":
+            return jnp.sum(jnp.log(u), axis=-1)
+        return d * jnp.log(u)
+
+    def log_prob_chunk(self, params: GaussianParams, x: Array) -> Array:
+        _, y = self._whitened(params, x)
+        d = x.shape[-1]
+        return -0.5 * (d * math.log(2 * math.pi) + jnp.sum(y * y, axis=-1)) + self.log_det_precision_cholesky(params)
+
+    def log_prob(self, params: GaussianParams, x_one: Array) -> Array:
+        return self.log_prob_chunk(params, x_one[None])[0]
+
+    # ---- statistics and M-step ---------------------------------------------------------------------
+
+    def chunk_stats(self, params: GaussianParams, x: Array, resp: Array) -> GaussianStats:
+        z = x[:, None, :] - params.means[None, :, :]
+        rz = resp[:, :, None] * z
+        if self.covariance_type in ("full", "tied"):
+            second = jnp.einsum("ckd,cke->kde", rz, z)
+        else:
+            second = jnp.sum(rz * z, axis=0)
+        return GaussianStats(jnp.sum(resp, axis=0), jnp.sum(rz, axis=0), second)
+
+    def suff_stats(self, params: GaussianParams, x_one: Array, resp: Array) -> GaussianStats:
+        return self.chunk_stats(params, x_one[None], resp[None])
+
+    def covariance_from_stats(self, means_old: Array, stats: GaussianStats) -> tuple[Array, Array]:
+        """New means and covariances (``reg_covar`` added) from statistics about ``means_old``."""
+        dtype = means_old.dtype
+        # scikit-learn adds 10 eps to every count so that an empty component stays finite.
+        counts = stats.counts + 10 * jnp.finfo(dtype).eps
+        delta = stats.first / counts[:, None]
+        means = means_old + delta
+        d = means.shape[-1]
+        reg = jnp.asarray(self.reg_covar, dtype)
+        if self.covariance_type == "full":
+            cov = stats.second / counts[:, None, None] - delta[:, :, None] * delta[:, None, :]
+            cov = cov + reg * jnp.eye(d, dtype=dtype)
+        elif self.covariance_type == "tied":
+            centred = stats.second - counts[:, None, None] * delta[:, :, None] * delta[:, None, :]
+            cov = jnp.sum(centred, axis=0) / jnp.sum(counts) + reg * jnp.eye(d, dtype=dtype)
+        elif self.covariance_type == "diag":
+            cov = stats.second / counts[:, None] - delta * delta + reg
+        else:
+            cov = jnp.mean(stats.second / counts[:, None] - delta * delta + reg, axis=-1)
+        return means, cov
+
+    def m_step(self, params: GaussianParams, stats: GaussianStats) -> GaussianParams:
+        means, cov = self.covariance_from_stats(params.means, stats)
+        return GaussianParams(means, self.precision_cholesky_from_covariances(cov))
+
+    # ---- conversions ---------------------------------------------------------------------------------
+
+    def precision_cholesky_from_covariances(self, cov: Array) -> Array:
+        if self.covariance_type in ("full", "tied"):
+            return _upper_cholesky_of_inverse(cov)
+        return 1.0 / jnp.sqrt(cov)
+
+    def covariances(self, params: GaussianParams) -> Array:
+        """Covariances in scikit-learn's shapes for the covariance type."""
+        u = params.precision_cholesky
+        if self.covariance_type in ("full", "tied"):
+            eye = jnp.broadcast_to(jnp.eye(u.shape[-1], dtype=u.dtype), u.shape)
+            v = solve_triangular(u, eye, lower=False)
+            return jnp.swapaxes(v, -1, -2) @ v
+        return 1.0 / (u * u)
+
+    def precisions(self, params: GaussianParams) -> Array:
+        """Precision matrices (or diagonal precisions) in scikit-learn's shapes."""
+        u = params.precision_cholesky
+        if self.covariance_type in ("full", "tied"):
+            return u @ jnp.swapaxes(u, -1, -2)
+        return u * u
+
+    def params_from_covariances(self, means: Array, covariances: Array) -> GaussianParams:
+        return GaussianParams(means, self.precision_cholesky_from_covariances(covariances))
+
+    def params_from_precisions(self, means: Array, precisions: Array) -> GaussianParams:
+        """Parameters from precisions given as in scikit-learn's ``precisions_init``."""
+        if self.covariance_type in ("full", "tied"):
+            # P = U U^T with U upper: the lower Cholesky factor of the index-reversed P, reversed back.
+            flipped = jnp.flip(precisions, axis=(-2, -1))
+            return GaussianParams(means, jnp.flip(jnp.linalg.cholesky(flipped), axis=(-2, -1)))
+        return GaussianParams(means, jnp.sqrt(precisions))
+
+    def num_free_parameters(self, num_features: int) -> int:
+        """Free parameters of the K components (means and covariances), without mixture weights."""
+        k, d = self.num_components, num_features
+        cov = {"full": k * d * (d + 1) // 2, "tied": d * (d + 1) // 2, "diag": k * d, "spherical": k}
+        return k * d + cov[self.covariance_type]
+
+    def degenerate(self, params: GaussianParams, counts: Array) -> Array:
+        """Per component: supported by fewer points than it needs, or a covariance at the floor.
+
+        A full covariance needs ``D + 1`` points, the others 2 (a tied covariance is shared, so only
+        the floor is checked); "at the floor" means the smallest variance is within 1.5x of
+        ``reg_covar``, i.e. the data gave it (almost) none of its own.
+        """
+        k, d = params.means.shape
+        cov = self.covariances(params)
+        if self.covariance_type in ("full", "tied"):
+            smallest = jnp.linalg.eigvalsh(cov)[..., 0]
+        elif self.covariance_type == "diag":
+            smallest = jnp.min(cov, axis=-1)
+        else:
+            smallest = cov
+        smallest = jnp.broadcast_to(smallest, (k,))
+        at_floor = smallest <= 1.5 * self.reg_covar
+        needed = {"full": d + 1, "tied": 0, "diag": 2, "spherical": 2}[self.covariance_type]
+        return at_floor | (counts < needed)
+
+    # ---- initialisation ------------------------------------------------------------------------------
+
+    def init(self, key: Array, x: Array, weights: Array | None) -> GaussianParams:
+        k = self.num_components
+        chunk_size = default_chunk_size(x.shape[0], k * x.shape[1])
+        if self.init_method == "random_resp":
+            total = reduce_chunks(
+                lambda xc, wc, _: jnp.sum(xc if wc is None else xc * wc[:, None], axis=0),
+                x,
+                weights,
+                chunk_size,
+            )
+            norm = x.shape[0] if weights is None else jnp.sum(weights)
+            centers = jnp.broadcast_to(total / norm, (k, x.shape[1]))
+
+            def resp_fn(xc: Array, rows: Array) -> Array:
+                return initializers.random_resp(key, rows, k, xc.dtype)
+
+        else:
+            if self.init_method == "kmeans++":
+                centers = initializers.kmeans_plusplus(key, x, weights, k)
+            elif self.init_method == "kmeans":
+                centers = initializers.kmeans(key, x, weights, k, chunk_size=chunk_size)
+            else:
+                centers = initializers.random_rows(key, x, weights, k)
+
+            def resp_fn(xc: Array, rows: Array) -> Array:
+                return initializers.nearest_center(xc, centers)
+
+        reference = GaussianParams(centers, jnp.zeros(()))
+
+        def chunk(xc: Array, wc: Array | None, rows: Array) -> GaussianStats:
+            resp = resp_fn(xc, rows)
+            if wc is not None:
+                resp = resp * wc[:, None]
+            return self.chunk_stats(reference, xc, resp)
+
+        stats = reduce_chunks(chunk, x, weights, chunk_size)
+        return self.m_step(reference, stats)
