@@ -1,0 +1,206 @@
+"""Shared helpers for the benchmark scripts: timing, machine peak, peak memory, tables and JSON.
+
+Every benchmark measures jaxem and its reference in the same process on the same data, prints the
+ratio and writes a JSON record to ``benchmarks/results/`` (git-ignored). Typical use::
+
+    from common import Timing, best_time, block, machine_info, print_table, write_json
+
+    timing = best_time(lambda: block(step(params, x)), repeat=5)
+    print_table(rows, ["case", "jaxem_s", "sklearn_s", "ratio"])
+    write_json("my_benchmark", {"machine": machine_info(), "rows": rows})
+
+Scripts are run from the repository root (``python benchmarks/<name>.py``) or from ``benchmarks/``;
+both find this module because Python puts the script's folder on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock seconds of repeated calls: the best (least disturbed) and the median."""
+
+    best: float
+    median: float
+    repeat: int
+
+
+def block(value: Any) -> Any:
+    """Wait until every JAX array in ``value`` is computed (a no-op for NumPy results)."""
+    import jax
+
+    return jax.block_until_ready(value)
+
+
+def best_time(fn: Callable[[], Any], *, repeat: int = 5, warmup: int = 0) -> Timing:
+    """Time ``fn()`` ``repeat`` times after ``warmup`` untimed calls.
+
+    ``fn`` must return only once its work is done (wrap JAX calls in :func:`block`). The best of
+    several runs is the figure to compare on a shared, noisy machine; the median is kept alongside.
+    """
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(repeat, 1)):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return Timing(best=times[0], median=times[len(times) // 2], repeat=len(times))
+
+
+def first_call_time(fn: Callable[[], Any]) -> float:
+    """Seconds of one call, e.g. the first call of a jitted function (compile plus one run)."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def matmul_peak_gflops(dtype: str = "float64", size: int = 2048, repeat: int = 5) -> float:
+    """Achieved GFLOP/s of a large square ``jnp`` matmul: this machine's practical peak for JAX.
+
+    Used as the denominator of "fraction of peak" figures.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+    b = jax.random.normal(jax.random.key(1), (size, size), dtype)
+    matmul = jax.jit(jnp.matmul)
+    block(matmul(a, b))
+    timing = best_time(lambda: block(matmul(a, b)), repeat=repeat)
+    return 2.0 * size**3 / timing.best / 1e9
+
+
+def peak_rss_of(code: str, *, env: dict[str, str] | None = None, timeout: float = 1800) -> float:
+    """High-water resident set size in MiB of a fresh Python process running ``code``.
+
+    The process runs with the repository root on ``PYTHONPATH``; its own ``ru_maxrss`` is read at
+    exit, so the figure includes the interpreter and imported libraries (measure an import-only
+    baseline with the same imports to separate them).
+    """
+    epilogue = textwrap.dedent(
+        """
+        import resource as _resource, sys as _sys
+        _scale = 1 if _sys.platform == "darwin" else 1024
+        print("PEAK_RSS_BYTES", _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss * _scale)
+        """
+    )
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT), *filter(None, [full_env.get("PYTHONPATH")])]
+    )
+    full_env.update(env or {})
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code) + epilogue],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("PEAK_RSS_BYTES"):
+            return int(line.split()[1]) / 2**20
+    raise RuntimeError(f"memory probe failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import jax
+    import numpy as np
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average"] = os.getloadavg()
+    try:
+        import sklearn
+
+        info["sklearn"] = sklearn.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if value == 0 or 1e-3 <= abs(value) < 1e5:
+            return f"{value:.4g}"
+        return f"{value:.3e}"
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A plain-text table of ``rows`` (dicts); a missing cell prints as ``-``."""
+    cells = [[_cell(row.get(c, "-")) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells)
+    return "\n".join(lines)
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    print(format_table(rows, columns), flush=True)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Timing):
+        return asdict(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_json(name: str, payload: dict[str, Any], directory: Path | None = None) -> Path:
+    """Write ``payload`` plus a UTC timestamp to ``<directory>/<name>.json``; return the path."""
+    directory = RESULTS_DIR if directory is None else Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    record = {"name": name, "utc": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    record.update(payload)
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
+    return path
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the flags every benchmark shares: ``--quick``, ``--repeat``,
+    ``--out``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per case (best is kept)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS_DIR,
+        help="folder for the JSON record (default: %(default)s)",
+    )
+    return parser
