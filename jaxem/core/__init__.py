@@ -1,5 +1,6 @@
 """The EM engine: contracts, chunked E-step, M-step strategies and the fit loop."""
 
+from jaxem.core.accelerate import Squarem
 from jaxem.core.engine import EM, FitResult, PrecisionWarning, Status, em, fit, fit_restarts
 from jaxem.core.mixture import Mixture, MixtureParams, MixtureStats
 from jaxem.core.model import Components, ConjugateComponents, Model
@@ -16,6 +17,7 @@ __all__ = [
     "MixtureStats",
     "Model",
     "PrecisionWarning",
+    "Squarem",
     "Status",
     "em",
     "fit",

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxem.core.accelerate import make_accelerator
 from jaxem.core.estep import default_chunk_size, num_rows, reduce_chunks, total_weight
 from jaxem.core.model import Model
 from jaxem.core.mstep import ClosedForm, MStep
@@ -64,6 +65,7 @@ class EM:
     model: Model
     mstep: MStep = ClosedForm()
     chunk_size: int | None = None
+    accelerate: Any = None
 
     def e_pass(self, params: Any, x: Any, weights: Array | None) -> tuple[Any, Array]:
         """One pass over the data: summed statistics and the mean objective at ``params``."""
@@ -84,13 +86,20 @@ class EM:
         return new, objective
 
 
-def em(model: Model, mstep: MStep | None = None, chunk_size: int | None = None) -> EM:
+def em(
+    model: Model,
+    mstep: MStep | None = None,
+    chunk_size: int | None = None,
+    accelerate: Any = None,
+) -> EM:
     """Configure EM for ``model``.
 
     Args:
         model: e.g. ``jaxem.Mixture(jaxem.Gaussian(3))``.
         mstep: :class:`ClosedForm` (the default) or a gradient M-step.
         chunk_size: points per chunk of the E-step; ``None`` picks one from the sizes at fit time.
+        accelerate: ``None`` (plain EM) or ``"squarem"`` (or a :class:`jaxem.Squarem`): SQUAREM
+            extrapolation, still monotone; ``FitResult.num_iters`` then counts E-steps.
 
     Example:
         >>> import jaxem
@@ -100,7 +109,8 @@ def em(model: Model, mstep: MStep | None = None, chunk_size: int | None = None) 
     """
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
-    return EM(model, ClosedForm() if mstep is None else mstep, chunk_size)
+    accelerator = make_accelerator(accelerate)
+    return EM(model, ClosedForm() if mstep is None else mstep, chunk_size, accelerator)
 
 
 class _LoopState(NamedTuple):
@@ -109,6 +119,7 @@ class _LoopState(NamedTuple):
     objective: Array
     status: Array
     history: Array
+    accelerator: Any = None
 
 
 def _all_finite(tree: Any) -> Array:
@@ -126,15 +137,23 @@ def _run(algo: EM, params: Any, x: Any, weights: Array | None, tol: Array, max_i
     init = _LoopState(params, jnp.array(0), jnp.array(-jnp.inf, dtype), jnp.array(Status.RUNNING), history)
     if max_iter == 0:
         init = init._replace(status=jnp.array(Status.MAX_ITER))
+    if algo.accelerate is not None:
+        init = init._replace(accelerator=algo.accelerate.init(params, dtype))
 
     def cond(state: _LoopState) -> Array:
         return state.status == Status.RUNNING
 
     def body(state: _LoopState) -> _LoopState:
-        new_params, objective = algo.step(state.params, x, weights)
+        if algo.accelerate is None:
+            new_params, objective = algo.step(state.params, x, weights)
+            previous, accelerator = state.objective, None
+        else:
+            new_params, accelerator, objective, previous = algo.accelerate.step_fn(
+                algo, state.accelerator, x, weights
+            )
         iteration = state.iteration + 1
         finite = jnp.isfinite(objective) & _all_finite(new_params)
-        converged = jnp.abs(objective - state.objective) < tol
+        converged = jnp.abs(objective - previous) < tol
         status = jnp.where(
             ~finite,
             Status.NONFINITE,
@@ -148,7 +167,12 @@ def _run(algo: EM, params: Any, x: Any, weights: Array | None, tol: Array, max_i
             )
         kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_params, state.params)
         return _LoopState(
-            kept, iteration, objective, status, state.history.at[state.iteration].set(objective)
+            kept,
+            iteration,
+            objective,
+            status,
+            state.history.at[state.iteration].set(objective),
+            accelerator,
         )
 
     final = lax.while_loop(cond, body, init)

@@ -117,6 +117,22 @@ class Mixture:
             lp = lp + (alpha - 1.0) * jnp.sum(jnp.log(params.weights))
         return lp
 
+    def to_unconstrained(self, params: MixtureParams) -> MixtureParams:
+        """Log weights, and the components' own unconstrained form if they have one.
+
+        Used by SQUAREM, which extrapolates in this space so the weights stay on the simplex.
+        """
+        convert = getattr(self.components, "to_unconstrained", None)
+        components = params.components if convert is None else convert(params.components)
+        return MixtureParams(jnp.log(params.weights), components)
+
+    def from_unconstrained(self, unconstrained: MixtureParams) -> MixtureParams:
+        """Inverse of :meth:`to_unconstrained` (softmax of the log weights)."""
+        convert = getattr(self.components, "from_unconstrained", None)
+        components = unconstrained.components
+        components = components if convert is None else convert(components)
+        return MixtureParams(jax.nn.softmax(unconstrained.weights), components)
+
     def expected_log_joint(
         self, params: MixtureParams, params_old: MixtureParams, x: Any, weights: Array | None
     ) -> Array:

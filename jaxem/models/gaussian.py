@@ -201,6 +201,23 @@ class Gaussian(ConjugateComponents):
             return GaussianParams(means, jnp.flip(jnp.linalg.cholesky(flipped), axis=(-2, -1)))
         return GaussianParams(means, jnp.sqrt(precisions))
 
+    def to_unconstrained(self, params: GaussianParams) -> GaussianParams:
+        """The precision Cholesky factor with its (positive) diagonal in log space."""
+        u = params.precision_cholesky
+        if self.covariance_type in ("full", "tied"):
+            on_diagonal = jnp.eye(u.shape[-1], dtype=bool)
+            log_diagonal = jnp.log(jnp.where(on_diagonal, u, 1))
+            return GaussianParams(params.means, jnp.where(on_diagonal, log_diagonal, u))
+        return GaussianParams(params.means, jnp.log(u))
+
+    def from_unconstrained(self, unconstrained: GaussianParams) -> GaussianParams:
+        """Inverse of :meth:`to_unconstrained`."""
+        u = unconstrained.precision_cholesky
+        if self.covariance_type in ("full", "tied"):
+            on_diagonal = jnp.eye(u.shape[-1], dtype=bool)
+            return GaussianParams(unconstrained.means, jnp.where(on_diagonal, jnp.exp(u), u))
+        return GaussianParams(unconstrained.means, jnp.exp(u))
+
     def num_free_parameters(self, num_features: int) -> int:
         """Free parameters of the K components (means and covariances), without mixture weights."""
         k, d = self.num_components, num_features
