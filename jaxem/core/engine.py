@@ -26,6 +26,10 @@ class PrecisionWarning(UserWarning):
     """Float64 input is fitted in float32 because JAX's 64-bit mode is off."""
 
 
+class ConvergenceWarning(UserWarning):
+    """A fit stopped at ``max_iter`` before the objective changed by less than ``tol``."""
+
+
 class Status(enum.IntEnum):
     """Why a fit (or one restart lane) stopped."""
 

@@ -218,6 +218,26 @@ class Gaussian(ConjugateComponents):
             return GaussianParams(unconstrained.means, jnp.where(on_diagonal, jnp.exp(u), u))
         return GaussianParams(unconstrained.means, jnp.exp(u))
 
+    def sample(self, key: Array, params: GaussianParams, labels: Array) -> Array:
+        """One draw from component ``labels[i]`` for each ``i``, shape ``[len(labels), D]``."""
+        means = params.means[labels]
+        noise = jax.random.normal(key, means.shape, means.dtype)
+        u = params.precision_cholesky
+        if self.covariance_type == "full":
+            # mean + U^-T e has covariance U^-T U^-1 = (U U^T)^-1, the component's covariance.
+            u_t = jnp.swapaxes(u[labels], -1, -2)
+            return means + solve_triangular(u_t, noise[..., None], lower=True)[..., 0]
+        if self.covariance_type == "tied":
+            return means + solve_triangular(u.T, noise.T, lower=True).T
+        if self.covariance_type == "diag":
+            return means + noise / u[labels]
+        return means + noise / u[labels][:, None]
+
+    def constraints(self) -> GaussianParams:
+        """Free means; a Cholesky factor with positive diagonal, or positive scales (gradient M-step)."""
+        triangular = self.covariance_type in ("full", "tied")
+        return GaussianParams(Real(), UpperCholesky() if triangular else Positive())
+
     def num_free_parameters(self, num_features: int) -> int:
         """Free parameters of the K components (means and covariances), without mixture weights."""
         k, d = self.num_components, num_features
