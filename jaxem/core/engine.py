@@ -17,7 +17,7 @@ from jax import lax
 from jaxem.core.accelerate import make_accelerator
 from jaxem.core.estep import default_chunk_size, num_rows, reduce_chunks, total_weight
 from jaxem.core.model import Model
-from jaxem.core.mstep import ClosedForm, MStep
+from jaxem.core.mstep import ClosedForm, MStep, apply_mstep, init_mstep_state
 
 Array = jax.Array
 
@@ -85,9 +85,18 @@ class EM:
 
     def step(self, params: Any, x: Any, weights: Array | None) -> tuple[Any, Array]:
         """One EM iteration: new parameters and the objective at the old ones."""
+        state = init_mstep_state(self.mstep, self.model, params)
+        return self.step_with_state(params, state, x, weights)[:2]
+
+    def step_with_state(
+        self, params: Any, mstep_state: Any, x: Any, weights: Array | None
+    ) -> tuple[Any, Array, Any]:
+        """:meth:`step` for an M-step that carries state (an optimizer's memory) across iterations."""
         stats, objective = self.e_pass(params, x, weights)
-        new = self.mstep.update(self.model, params, stats, x, weights, self.chunk_size)
-        return new, objective
+        new, mstep_state = apply_mstep(
+            self.mstep, self.model, params, stats, x, weights, self.chunk_size, mstep_state
+        )
+        return new, objective, mstep_state
 
 
 def em(
@@ -124,6 +133,7 @@ class _LoopState(NamedTuple):
     status: Array
     history: Array
     accelerator: Any = None
+    mstep_state: Any = None
 
 
 def _all_finite(tree: Any) -> Array:
@@ -143,18 +153,22 @@ def _run(algo: EM, params: Any, x: Any, weights: Array | None, tol: Array, max_i
         init = init._replace(status=jnp.array(Status.MAX_ITER))
     if algo.accelerate is not None:
         init = init._replace(accelerator=algo.accelerate.init(params, dtype))
+    init = init._replace(mstep_state=init_mstep_state(algo.mstep, algo.model, params))
 
     def cond(state: _LoopState) -> Array:
         return state.status == Status.RUNNING
 
     def body(state: _LoopState) -> _LoopState:
         if algo.accelerate is None:
-            new_params, objective = algo.step(state.params, x, weights)
+            new_params, objective, mstep_state = algo.step_with_state(
+                state.params, state.mstep_state, x, weights
+            )
             previous, accelerator = state.objective, None
         else:
             new_params, accelerator, objective, previous = algo.accelerate.step_fn(
                 algo, state.accelerator, x, weights
             )
+            mstep_state = state.mstep_state
         iteration = state.iteration + 1
         finite = jnp.isfinite(objective) & _all_finite(new_params)
         converged = jnp.abs(objective - previous) < tol
@@ -177,6 +191,7 @@ def _run(algo: EM, params: Any, x: Any, weights: Array | None, tol: Array, max_i
             status,
             state.history.at[state.iteration].set(objective),
             accelerator,
+            mstep_state,
         )
 
     final = lax.while_loop(cond, body, init)

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxem.core.constraints import Simplex
 from jaxem.core.estep import normalize_log, weighted_sum
 from jaxem.core.model import Components, ConjugateComponents
 
@@ -132,6 +133,15 @@ class Mixture:
         components = unconstrained.components
         components = components if convert is None else convert(components)
         return MixtureParams(jax.nn.softmax(unconstrained.weights), components)
+
+    def constraints(self) -> MixtureParams:
+        """Weights on the simplex; components as the family declares (gradient M-step)."""
+        return MixtureParams(Simplex(), self.components.constraints())
+
+    def closed_form_blocks(self) -> MixtureParams:
+        """The weights always have a closed form; the components' blocks as the family marks."""
+        conjugate = isinstance(self.components, ConjugateComponents)
+        return MixtureParams(True, self.components.closed_form_blocks() if conjugate else False)
 
     def expected_log_joint(
         self, params: MixtureParams, params_old: MixtureParams, x: Any, weights: Array | None

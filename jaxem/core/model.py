@@ -67,6 +67,16 @@ class Components:
         del params
         return jnp.zeros(())
 
+    def constraints(self) -> Any:
+        """Where the parameters live, for the gradient M-step: a prefix pytree of
+        :mod:`jaxem.core.constraints` objects (``None``: every leaf unconstrained)."""
+        return None
+
+    def closed_form_blocks(self) -> Any:
+        """A prefix pytree of bools marking the leaves :meth:`ConjugateComponents.m_step` sets
+        exactly; the gradient M-step optimises the others. None here (no closed form)."""
+        return False
+
 
 class ConjugateComponents(Components):
     """Components with a closed-form M-step.
@@ -89,3 +99,8 @@ class ConjugateComponents(Components):
     def m_step(self, params: Params, stats: Stats) -> Params:
         """Parameters that maximise Q (plus the log prior) given summed statistics."""
         raise NotImplementedError
+
+    def closed_form_blocks(self) -> Any:
+        """Every block by default; a family whose ``m_step`` updates only some blocks (and passes
+        the others through) marks the others ``False`` so the gradient M-step optimises them."""
+        return True

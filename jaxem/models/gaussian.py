@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from jaxem import init as initializers
+from jaxem.core.constraints import Positive, Real, UpperCholesky
 from jaxem.core.estep import default_chunk_size, reduce_chunks
 from jaxem.core.model import ConjugateComponents
 
