@@ -70,13 +70,20 @@ class EM:
     mstep: MStep = ClosedForm()
     chunk_size: int | None = None
     accelerate: Any = None
+    # Set by jaxem.parallel when each device holds a shard of the rows: statistics add across it.
+    axis_name: str | None = None
 
     def e_pass(self, params: Any, x: Any, weights: Array | None) -> tuple[Any, Array]:
         """One pass over the data: summed statistics and the mean objective at ``params``."""
         stats, loglik = reduce_chunks(
             lambda xc, wc, _: self.model.e_step(params, xc, wc), x, weights, self.chunk_size
         )
-        objective = (loglik + self.model.log_prior(params)) / total_weight(x, weights, loglik.dtype)
+        # The prior follows the data's dtype: a float64 zero prior must not promote a float32 fit.
+        log_prior = jnp.asarray(self.model.log_prior(params), loglik.dtype)
+        total = total_weight(x, weights, loglik.dtype)
+        if self.axis_name is not None:
+            stats, loglik, total = lax.psum((stats, loglik, total), self.axis_name)
+        objective = (loglik + log_prior) / total
         return stats, objective
 
     def objective(self, params: Any, x: Any, weights: Array | None) -> Array:
