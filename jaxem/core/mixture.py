@@ -86,15 +86,26 @@ class Mixture:
         return normalize_log(self.log_joint(params, x))
 
     def e_step(
-        self, params: MixtureParams, x: Any, weights: Array | None
+        self,
+        params: MixtureParams,
+        x: Any,
+        weights: Array | None,
+        reference: MixtureParams | None = None,
     ) -> tuple[MixtureStats, Array]:
+        """Statistics of a chunk and its weighted log-likelihood.
+
+        Responsibilities come from ``params``; the component statistics are accumulated about
+        ``reference`` (default ``params``), so that statistics from different ``params`` can be
+        averaged, as online EM does (pass the same ``reference`` to :meth:`m_step`).
+        """
         log_resp, log_norm = self.log_resp(params, x)
         resp = jnp.exp(log_resp)
         if weights is not None:
             resp = jnp.where(weights[:, None] > 0, resp * weights[:, None], 0)
         comp_stats = None
         if isinstance(self.components, ConjugateComponents):
-            comp_stats = self.components.chunk_stats(params.components, x, resp)
+            about = params if reference is None else reference
+            comp_stats = self.components.chunk_stats(about.components, x, resp)
         return MixtureStats(jnp.sum(resp, axis=0), comp_stats), weighted_sum(log_norm, weights)
 
     def m_step_weights(self, counts: Array) -> Array:
