@@ -1,0 +1,197 @@
+"""Model selection: criteria against scikit-learn, the padded grid against plain fits, Old Faithful."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+from sklearn.mixture import GaussianMixture
+
+import jaxem
+from jaxem import select as selection
+from jaxem.core import engine
+from jaxem.datasets import load_old_faithful
+from jaxem.models.gaussian import COVARIANCE_TYPES
+
+# Old Faithful, EEE (tied) with 3 components: total log-likelihood reported by R's mclust
+# (BIC -2314.386 with 11 parameters on 272 rows).
+MCLUST_EEE3_LOG_LIKELIHOOD = -1126.358
+
+
+@pytest.fixture(scope="module")
+def faithful():
+    return load_old_faithful()
+
+
+@pytest.mark.timeout(240)
+def test_grid_equals_plain_fits_cell_by_cell(faithful):
+    """Padded, vmapped, chunked grid == fit_restarts of each K alone, lane by lane."""
+    ks, restarts, seed = (1, 3), 3, 7
+    result = selection.select(
+        faithful, ks, COVARIANCE_TYPES, num_restarts=restarts, key=seed, chunk_size=100, tol=1e-4
+    )
+    for cov in COVARIANCE_TYPES:
+        for k in ks:
+            model = jaxem.Mixture(jaxem.Gaussian(k, cov))
+            _, plain = jaxem.fit_restarts(
+                jaxem.em(model), jax.random.key(seed), faithful, num_restarts=restarts, tol=1e-4
+            )
+            grid = result.restarts[(k, cov)]
+            np.testing.assert_array_equal(grid.num_iters, plain.num_iters)
+            np.testing.assert_array_equal(grid.status, plain.status)
+            np.testing.assert_allclose(grid.log_likelihood, plain.log_likelihood, rtol=1e-10)
+            for got, want in zip(jax.tree.leaves(grid.params), jax.tree.leaves(plain.params)):
+                assert got.shape == want.shape
+                np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
+            row = next(r for r in result.rows if (r.num_components, r.covariance_type) == (k, cov))
+            best = int(np.argmax(plain.log_likelihood))  # nothing degenerate on these data
+            assert not row.degenerate
+            assert row.best_restart == best
+            n = faithful.shape[0]
+            assert row.log_likelihood == pytest.approx(n * float(plain.log_likelihood[best]))
+            params = jax.tree.map(lambda a, b=best: a[b], plain.params)
+            assert row.bic == pytest.approx(selection.bic(params, model, faithful), rel=1e-10)
+            assert row.aic == pytest.approx(selection.aic(params, model, faithful), rel=1e-10)
+            assert row.icl == pytest.approx(selection.icl(params, model, faithful), rel=1e-10)
+
+
+def _sklearn_with(model, params):
+    """A scikit-learn GaussianMixture carrying jaxem's fitted parameters."""
+    comp = model.components
+    gm = GaussianMixture(comp.num_components, covariance_type=comp.covariance_type)
+    gm.weights_ = np.asarray(params.weights)
+    gm.means_ = np.asarray(params.components.means)
+    gm.precisions_cholesky_ = np.asarray(params.components.precision_cholesky)
+    gm.covariances_ = np.asarray(comp.covariances(params.components))
+    gm.precisions_ = np.asarray(comp.precisions(params.components))
+    gm.converged_, gm.n_iter_, gm.lower_bound_ = True, 1, 0.0
+    gm.n_features_in_ = params.components.means.shape[1]
+    return gm
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_bic_aic_equal_sklearn(faithful, covariance_type):
+    model = jaxem.Mixture(jaxem.Gaussian(3, covariance_type))
+    params = jaxem.fit(jaxem.em(model), jax.random.key(0), faithful).params
+    gm = _sklearn_with(model, params)
+    assert selection.bic(params, model, faithful) == pytest.approx(gm.bic(faithful), rel=1e-12)
+    assert selection.aic(params, model, faithful) == pytest.approx(gm.aic(faithful), rel=1e-12)
+    assert selection.num_parameters(model, 2) == gm._n_parameters()
+    assert selection.log_likelihood(params, model, faithful) == pytest.approx(
+        gm.score(faithful) * faithful.shape[0], rel=1e-12
+    )
+
+
+def test_icl_adds_twice_the_entropy(faithful):
+    model = jaxem.Mixture(jaxem.Gaussian(2, "full"))
+    params = jaxem.fit(jaxem.em(model), jax.random.key(0), faithful).params
+    resp = _sklearn_with(model, params).predict_proba(faithful)
+    entropy = -np.sum(np.where(resp > 0, resp * np.log(np.where(resp > 0, resp, 1)), 0))
+    assert entropy > 0.1
+    want = selection.bic(params, model, faithful) + 2 * entropy
+    assert selection.icl(params, model, faithful) == pytest.approx(want, rel=1e-10)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_old_faithful_grid_reaches_mclust_and_skips_degenerate(faithful):
+    result = selection.select(faithful, range(1, 8), num_restarts=10, key=0, tol=1e-7, max_iter=500)
+    assert len(result.rows) == 7 * 4
+    assert not result.best.degenerate
+    assert (result.best.num_components, result.best.covariance_type) == (3, "tied")
+    tied3 = next(r for r in result.rows if (r.num_components, r.covariance_type) == (3, "tied"))
+    # mclust converges to a relative tolerance of 1e-5; 0.05 on a total of 1126 is well inside.
+    assert tied3.log_likelihood == pytest.approx(MCLUST_EEE3_LOG_LIKELIHOOD, abs=0.05)
+    assert result.model == jaxem.Mixture(jaxem.Gaussian(3, "tied"))
+    assert result.params.components.means.shape == (3, 2)
+    assert float(result.best_fit.log_likelihood) * 272 == pytest.approx(tied3.log_likelihood)
+    assert "*" in result.format_table().splitlines()[tied3_index(result, 3, "tied") + 1]
+    scores = result.columns()["bic"]
+    assert result.best.bic == scores.min()
+
+
+def tied3_index(result, k, cov):
+    return next(
+        i for i, r in enumerate(result.rows) if (r.num_components, r.covariance_type) == (k, cov)
+    )
+
+
+def test_degenerate_cell_is_never_chosen():
+    """A spike of identical points gives K=2 a huge likelihood, but a covariance at the floor."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=(40, 2)), np.full((10, 2), 5.0)])
+    result = selection.select(x, (1, 2), ("full",), num_restarts=2, key=0)
+    one, two = result.rows
+    assert two.degenerate and not one.degenerate
+    assert two.bic < one.bic  # without the rule, K=2 would win
+    assert result.best.num_components == 1
+
+
+def test_one_compiled_fit_per_covariance_type_and_none_on_repeat(faithful):
+    x = faithful[:100]
+    before = engine._fit_restarts_from_params._cache_size()
+    selection.select(x, (1, 2, 3), ("diag", "spherical"), num_restarts=2, key=1)
+    assert engine._fit_restarts_from_params._cache_size() - before == 2
+    sizes = [
+        f._cache_size()
+        for f in (
+            engine._fit_restarts_from_params,
+            selection._padded_initial_params,
+            selection._lane_summaries,
+            selection._seed_centers,
+        )
+    ]
+    selection.select(x, (1, 2, 3), ("diag", "spherical"), num_restarts=2, key=2)
+    assert sizes == [
+        f._cache_size()
+        for f in (
+            engine._fit_restarts_from_params,
+            selection._padded_initial_params,
+            selection._lane_summaries,
+            selection._seed_centers,
+        )
+    ]
+
+
+def test_criterion_choice_and_table_columns(faithful):
+    result = selection.select(faithful, (1, 2), ("spherical",), num_restarts=2, criterion="aic")
+    assert result.criterion == "aic"
+    assert result.best.aic == min(r.aic for r in result.rows)
+    cols = result.columns()
+    assert list(cols) == list(selection.SelectionRow._fields)
+    assert cols["num_parameters"].tolist() == [3, 7]
+    assert cols["bic"] - cols["aic"] == pytest.approx(
+        cols["num_parameters"] * (math.log(272) - 2)
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"num_components": (1, 60)},
+            "x has 50 rows but num_components goes up to 60: use at most 50 components or more data.",
+        ),
+        (
+            {"covariance_types": ("full", "banded")},
+            "Unknown covariance type(s) ['banded']: use some of full, tied, diag, spherical.",
+        ),
+        ({"criterion": "mdl"}, "Unknown criterion 'mdl': use one of bic, aic, icl."),
+        ({"num_restarts": 0}, "num_restarts must be a positive integer, got 0."),
+        (
+            {"num_components": (0, 2)},
+            "num_components must be positive integers (e.g. range(1, 7)), got (0, 2).",
+        ),
+    ],
+)
+def test_bad_arguments_raise_before_fitting(kwargs, message):
+    x = np.random.default_rng(0).normal(size=(50, 2))
+    with pytest.raises(ValueError) as info:
+        selection.select(x, **kwargs)
+    assert str(info.value) == message
+
+
+def test_input_is_not_modified(faithful):
+    x = faithful.copy()
+    selection.select(x, (2,), ("diag",), num_restarts=2)
+    np.testing.assert_array_equal(x, faithful)
