@@ -325,6 +325,7 @@ def fit(
     """
     x, weights = prepare_data(x, weights)
     _check_iterations(max_iter, tol)
+    tol = float(tol)  # an int tol would trace as another dtype and compile the fit again
     algo = _resolve(algo, x)
     if is_key(init):
         return _fit_from_key(algo, init, x, weights, tol, max_iter, verbose)
@@ -379,6 +380,7 @@ def fit_restarts(
     """
     x, weights = prepare_data(x, weights)
     _check_iterations(max_iter, tol)
+    tol = float(tol)  # an int tol would trace as another dtype and compile the fit again
     if is_key(init):
         keys = init
         single = (
