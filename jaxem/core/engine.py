@@ -37,6 +37,7 @@ class Status(enum.IntEnum):
     CONVERGED = 1
     MAX_ITER = 2
     NONFINITE = 3
+    PRUNED = 4  # dropped by successive halving (jaxem.fit_restarts_pruned)
 
 
 class FitResult(NamedTuple):
@@ -152,7 +153,20 @@ def _print_progress(iteration: Array, objective: Array) -> None:
     print(f"jaxem: iteration {int(iteration)}, mean log-likelihood {float(objective):.6f}")
 
 
-def _run(algo: EM, params: Any, x: Any, weights: Array | None, tol: Array, max_iter: int, verbose: int) -> FitResult:
+def _run(
+    algo: EM,
+    params: Any,
+    x: Any,
+    weights: Array | None,
+    tol: Array,
+    max_iter: int,
+    verbose: int,
+    resume: FitResult | None = None,
+    pause_at: Array | None = None,
+) -> FitResult:
+    """The fit loop; ``pause_at`` stops it early with status RUNNING, and ``resume`` (such a paused
+    result, with ``params`` its parameters) goes on from it as if it had never stopped (the state of
+    an accelerator or a stateful M-step starts afresh)."""
     dtype = jax.tree.leaves(x)[0].dtype
     history = jnp.full((max(max_iter, 1),), jnp.nan, dtype)
     init = _LoopState(params, jnp.array(0), jnp.array(-jnp.inf, dtype), jnp.array(Status.RUNNING), history)
@@ -161,9 +175,18 @@ def _run(algo: EM, params: Any, x: Any, weights: Array | None, tol: Array, max_i
     if algo.accelerate is not None:
         init = init._replace(accelerator=algo.accelerate.init(params, dtype))
     init = init._replace(mstep_state=init_mstep_state(algo.mstep, algo.model, params))
+    if resume is not None:
+        last = resume.history[jnp.maximum(resume.num_iters - 1, 0)]
+        init = init._replace(
+            iteration=resume.num_iters,
+            objective=jnp.where(resume.num_iters > 0, last, -jnp.inf),
+            status=resume.status,
+            history=resume.history,
+        )
 
     def cond(state: _LoopState) -> Array:
-        return state.status == Status.RUNNING
+        running = state.status == Status.RUNNING
+        return running if pause_at is None else running & (state.iteration < pause_at)
 
     def body(state: _LoopState) -> _LoopState:
         if algo.accelerate is None:
