@@ -1,5 +1,6 @@
 """jaxem: Expectation-Maximization on accelerators, built on JAX."""
 
+from jaxem import parallel, streaming
 from jaxem.core import (
     EM,
     ClosedForm,
@@ -20,6 +21,7 @@ from jaxem.core import (
     fit,
     fit_restarts,
 )
+from jaxem.core.prune import fit_restarts_pruned
 from jaxem.models import Gaussian, GaussianParams
 
 __version__ = "0.1.0"
@@ -46,4 +48,7 @@ __all__ = [
     "em",
     "fit",
     "fit_restarts",
+    "fit_restarts_pruned",
+    "parallel",
+    "streaming",
 ]
