@@ -1,5 +1,13 @@
 """Hidden Markov models on the EM engine: the model, inference in one chain, and estimators."""
 
+from jaxem.hmm.estimators import (
+    HMM,
+    CategoricalHMM,
+    ConvergenceMonitor,
+    GaussianHMM,
+    GaussianParts,
+    PoissonHMM,
+)
 from jaxem.hmm.inference import Smoothed, forward_backward, sample_states, viterbi
 from jaxem.hmm.model import (
     HiddenMarkovModel,
@@ -12,6 +20,12 @@ from jaxem.hmm.model import (
 )
 
 __all__ = [
+    "HMM",
+    "CategoricalHMM",
+    "ConvergenceMonitor",
+    "GaussianHMM",
+    "GaussianParts",
+    "PoissonHMM",
     "HMMParams",
     "HMMStats",
     "HiddenMarkovModel",

@@ -10,7 +10,8 @@ distribution, the transition matrix (both closed form, MAP under optional Dirich
 sticky diagonal) and the emissions, which are any jaxem component family: state ``k`` emits from
 component ``k``. The emission densities come from ``log_prob_chunk`` and a conjugate family's
 statistics from ``chunk_stats`` with the smoothed posteriors as responsibilities (padding has weight
-0); a non-conjugate family is updated by a gradient M-step on :meth:`HiddenMarkovModel.expected_log_joint`.
+0); a non-conjugate family is updated by a gradient M-step on
+:meth:`HiddenMarkovModel.expected_log_joint`.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def sequences_from_mask(observations: Any, mask: Any) -> Sequences:
 
 
 def unpad(values: Any, lengths: Any) -> np.ndarray:
-    """Concatenate the real steps of per-sequence values ``[B, T, ...]`` into ``[sum(lengths), ...]``."""
+    """Concatenate the real steps of values ``[B, T, ...]`` into ``[sum(lengths), ...]``."""
     values = np.asarray(values)
     lengths = np.asarray(lengths).astype(np.int64)
     keep = np.arange(values.shape[1])[None, :] < lengths[:, None]
@@ -131,7 +132,7 @@ class HMMStats(NamedTuple):
 
 
 def _flatten_steps(observations: Any) -> Any:
-    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), observations)
+    return jax.tree.map(lambda a: a.reshape((-1, *a.shape[2:])), observations)
 
 
 def _steps_shape(observations: Any) -> tuple[int, int]:
@@ -226,7 +227,8 @@ class HiddenMarkovModel:
         return flat.reshape(b, t, self.num_components)
 
     def smooth(self, params: HMMParams, data: Sequences) -> Smoothed:
-        """Forward-backward on every sequence; each field of the result gains a leading ``B`` axis."""
+        """Forward-backward on every sequence; each field of the result gains a leading ``B``
+        axis."""
         log_em = self.log_emissions(params, data.observations)
         run = jax.vmap(forward_backward, in_axes=(None, None, 0, 0, None))
         return run(
