@@ -21,6 +21,7 @@ from jaxem.core import (
     fit,
     fit_restarts,
 )
+from jaxem.core.engine import ConvergenceWarning
 from jaxem.core.prune import fit_restarts_pruned
 from jaxem.models import Gaussian, GaussianParams
 
@@ -31,11 +32,14 @@ __all__ = [
     "ClosedForm",
     "Components",
     "ConjugateComponents",
+    "ConvergenceWarning",
     "FitResult",
     "Gradient",
     "Gaussian",
+    "GaussianMixture",
     "GaussianParams",
     "Mixture",
+    "MixtureModel",
     "MixtureParams",
     "MixtureStats",
     "Model",
@@ -52,3 +56,12 @@ __all__ = [
     "parallel",
     "streaming",
 ]
+
+
+def __getattr__(name: str):
+    # The estimators import scikit-learn when it is installed: load them on first use only.
+    if name in ("GaussianMixture", "MixtureModel"):
+        from jaxem import sklearn
+
+        return getattr(sklearn, name)
+    raise AttributeError(f"module 'jaxem' has no attribute {name!r}")

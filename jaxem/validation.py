@@ -46,18 +46,18 @@ def check_data(x: Any, name: str = "X") -> np.ndarray:
     if array.ndim != 2:
         raise ValueError(
             f"{name} must be 2-D (n_samples, n_features), got {array.ndim}-D with shape "
-            f"{array.shape}: reshape it with {name}.reshape(-1, 1) for a single feature or "
-            f"{name}.reshape(1, -1) for a single sample."
+            f"{array.shape}. Reshape your data with {name}.reshape(-1, 1) if it has a single "
+            f"feature or {name}.reshape(1, -1) if it is a single sample."
         )
     if array.shape[0] == 0:
         raise ValueError(
-            f"{name} has 0 samples (shape={array.shape}): a minimum of 1 is required; pass at "
-            "least one row."
+            f"{name} has 0 sample(s) (shape={array.shape}) while a minimum of 1 is required: "
+            "pass at least one row."
         )
     if array.shape[1] == 0:
         raise ValueError(
-            f"{name} has 0 features (shape={array.shape}): a minimum of 1 is required; pass at "
-            "least one column."
+            f"{name} has 0 feature(s) (shape={array.shape}) while a minimum of 1 is required: "
+            "pass at least one column."
         )
     if not np.all(np.isfinite(array)):
         raise ValueError(
