@@ -35,6 +35,11 @@ def check_data(x: Any, name: str = "X") -> np.ndarray:
             f"Complex data not supported: {name} has dtype {array.dtype}; pass real-valued "
             f"features (for instance {name}.real and {name}.imag as separate columns)."
         )
+    if array.dtype.kind in "USV":
+        raise ValueError(
+            f"{name} must be numeric, got dtype {array.dtype}: encode text or categorical "
+            "columns as numbers first."
+        )
     if array.dtype not in (np.float32, np.float64):
         try:
             array = array.astype(np.float64)
