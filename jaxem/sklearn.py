@@ -303,12 +303,15 @@ class MixtureModel(*_ESTIMATOR_BASES):
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "params_")
 
-    def _fitted_rows(self, X: Any) -> Array:
+    def _check_fitted(self) -> None:
         if not hasattr(self, "params_"):
             raise NotFittedError(
                 f"This {type(self).__name__} instance is not fitted yet: call 'fit' with "
                 "appropriate arguments before using this estimator."
             )
+
+    def _fitted_rows(self, X: Any) -> Array:
+        self._check_fitted()
         array = validation.check_data(X)
         validation.check_num_features(array, self.n_features_in_, type(self).__name__)
         return jnp.asarray(array.astype(self.weights_.dtype, copy=False))
@@ -363,11 +366,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
 
         The labels come sorted, as in scikit-learn. Draws are seeded from ``random_state``.
         """
-        if not hasattr(self, "params_"):
-            raise NotFittedError(
-                f"This {type(self).__name__} instance is not fitted yet: call 'fit' with "
-                "appropriate arguments before using this estimator."
-            )
+        self._check_fitted()
         if (
             isinstance(n_samples, bool)
             or not isinstance(n_samples, (int, np.integer))
