@@ -21,13 +21,17 @@ from jaxem.core import (
     fit,
     fit_restarts,
 )
+from jaxem.core.bound import BoundTrace, trace_bound
 from jaxem.core.engine import ConvergenceWarning
 from jaxem.core.prune import fit_restarts_pruned
 from jaxem.models import Gaussian, GaussianParams
+from jaxem.models.gaussian_prior import GaussianPrior, default_prior
+from jaxem.models.student_t import StudentT, StudentTParams
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BoundTrace",
     "EM",
     "ClosedForm",
     "Components",
@@ -38,6 +42,7 @@ __all__ = [
     "Gaussian",
     "GaussianMixture",
     "GaussianParams",
+    "GaussianPrior",
     "Mixture",
     "MixtureModel",
     "MixtureParams",
@@ -47,14 +52,18 @@ __all__ = [
     "PrecisionWarning",
     "Squarem",
     "Status",
+    "StudentT",
+    "StudentTParams",
     "__version__",
     "constraints",
+    "default_prior",
     "em",
     "fit",
     "fit_restarts",
     "fit_restarts_pruned",
     "parallel",
     "streaming",
+    "trace_bound",
 ]
 
 

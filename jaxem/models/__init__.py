@@ -4,9 +4,11 @@ from jaxem.models.bernoulli import Bernoulli, BernoulliParams, BernoulliStats
 from jaxem.models.categorical import Categorical, CategoricalParams, CategoricalStats
 from jaxem.models.exponential import Exponential, ExponentialParams, ExponentialStats
 from jaxem.models.gaussian import Gaussian, GaussianParams, GaussianStats
+from jaxem.models.gaussian_prior import GaussianPrior, default_prior
 from jaxem.models.multinomial import Multinomial, MultinomialParams, MultinomialStats
 from jaxem.models.poisson import Poisson, PoissonParams, PoissonStats
 from jaxem.models.regression import LinearRegression, RegressionParams, RegressionStats
+from jaxem.models.student_t import StudentT, StudentTParams, StudentTStats
 
 __all__ = [
     "Bernoulli",
@@ -20,6 +22,7 @@ __all__ = [
     "ExponentialStats",
     "Gaussian",
     "GaussianParams",
+    "GaussianPrior",
     "GaussianStats",
     "LinearRegression",
     "Multinomial",
@@ -30,4 +33,8 @@ __all__ = [
     "PoissonStats",
     "RegressionParams",
     "RegressionStats",
+    "StudentT",
+    "StudentTParams",
+    "StudentTStats",
+    "default_prior",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +66,8 @@ class Gaussian(ConjugateComponents):
         reg_covar: added to the diagonal of every covariance (keeps it positive definite).
         init_method: ``"kmeans++"`` (default), ``"kmeans"``, ``"random_resp"`` or ``"random_rows"``:
             centres (or random responsibilities) from which the first parameters are estimated.
+        prior: a conjugate :class:`~jaxem.models.gaussian_prior.GaussianPrior` for MAP-EM (see
+            ``default_prior``); the M-step stays closed form and ``reg_covar`` is not added.
 
     Example:
         >>> import jax, jaxem
@@ -79,6 +81,7 @@ class Gaussian(ConjugateComponents):
     covariance_type: str = "full"
     reg_covar: float = 1e-6
     init_method: str = "kmeans++"
+    prior: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_components, int) or self.num_components < 1:
@@ -165,8 +168,16 @@ class Gaussian(ConjugateComponents):
         return means, cov
 
     def m_step(self, params: GaussianParams, stats: GaussianStats) -> GaussianParams:
-        means, cov = self.covariance_from_stats(params.means, stats)
+        if self.prior is None:
+            means, cov = self.covariance_from_stats(params.means, stats)
+        else:
+            means, cov = self.prior.m_step(self.covariance_type, params.means, stats)
         return GaussianParams(means, self.precision_cholesky_from_covariances(cov))
+
+    def log_prior(self, params: GaussianParams) -> Array:
+        if self.prior is None:
+            return jnp.zeros((), params.means.dtype)
+        return self.prior.log_prior(self.covariance_type, params.means, params.precision_cholesky)
 
     # ---- conversions ---------------------------------------------------------------------------------
 
