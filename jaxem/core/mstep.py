@@ -140,8 +140,8 @@ def frozen_leaves(frozen: Any, params: Any) -> list[bool]:
 def _check_frozen(frozen: Any) -> Any:
     if isinstance(frozen, str):
         return (frozen,)
-    if isinstance(frozen, (list, set)):
-        return tuple(frozen) if isinstance(frozen, list) else frozenset(frozen)
+    if isinstance(frozen, list):
+        frozen = tuple(frozen)
     try:
         hash(frozen)
     except TypeError:
