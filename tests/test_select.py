@@ -1,4 +1,4 @@
-"""Model selection: criteria against scikit-learn, the padded grid against plain fits, Old Faithful."""
+"""Model selection: criteria against scikit-learn, the padded grid against plain fits."""
 
 import math
 
@@ -23,31 +23,41 @@ def faithful():
     return load_old_faithful()
 
 
+GRID = {"num_components": (1, 3), "covariance_types": COVARIANCE_TYPES, "num_restarts": 3}
+GRID_FIT = {"chunk_size": 100, "tol": 1e-4}
+
+
+@pytest.fixture(scope="module")
+def grid(faithful):
+    return selection.select(faithful, **GRID, **GRID_FIT, key=7)
+
+
+def _row(result, k, cov):
+    return next(r for r in result.rows if (r.num_components, r.covariance_type) == (k, cov))
+
+
 @pytest.mark.timeout(240)
-def test_grid_equals_plain_fits_cell_by_cell(faithful):
+def test_grid_equals_plain_fits_cell_by_cell(faithful, grid):
     """Padded, vmapped, chunked grid == fit_restarts of each K alone, lane by lane."""
-    ks, restarts, seed = (1, 3), 3, 7
-    result = selection.select(
-        faithful, ks, COVARIANCE_TYPES, num_restarts=restarts, key=seed, chunk_size=100, tol=1e-4
-    )
+    n = faithful.shape[0]
     for cov in COVARIANCE_TYPES:
-        for k in ks:
+        for k in GRID["num_components"]:
             model = jaxem.Mixture(jaxem.Gaussian(k, cov))
             _, plain = jaxem.fit_restarts(
-                jaxem.em(model), jax.random.key(seed), faithful, num_restarts=restarts, tol=1e-4
+                jaxem.em(model), jax.random.key(7), faithful, num_restarts=3, tol=1e-4
             )
-            grid = result.restarts[(k, cov)]
-            np.testing.assert_array_equal(grid.num_iters, plain.num_iters)
-            np.testing.assert_array_equal(grid.status, plain.status)
-            np.testing.assert_allclose(grid.log_likelihood, plain.log_likelihood, rtol=1e-10)
-            for got, want in zip(jax.tree.leaves(grid.params), jax.tree.leaves(plain.params)):
+            cell = grid.restarts[(k, cov)]
+            np.testing.assert_array_equal(cell.num_iters, plain.num_iters)
+            np.testing.assert_array_equal(cell.status, plain.status)
+            np.testing.assert_allclose(cell.log_likelihood, plain.log_likelihood, rtol=1e-10)
+            leaves = zip(jax.tree.leaves(cell.params), jax.tree.leaves(plain.params), strict=True)
+            for got, want in leaves:
                 assert got.shape == want.shape
                 np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
-            row = next(r for r in result.rows if (r.num_components, r.covariance_type) == (k, cov))
+            row = _row(grid, k, cov)
             best = int(np.argmax(plain.log_likelihood))  # nothing degenerate on these data
             assert not row.degenerate
             assert row.best_restart == best
-            n = faithful.shape[0]
             assert row.log_likelihood == pytest.approx(n * float(plain.log_likelihood[best]))
             params = jax.tree.map(lambda a, b=best: a[b], plain.params)
             assert row.bic == pytest.approx(selection.bic(params, model, faithful), rel=1e-10)
@@ -70,9 +80,9 @@ def _sklearn_with(model, params):
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_bic_aic_equal_sklearn(faithful, covariance_type):
+def test_bic_aic_equal_sklearn(faithful, grid, covariance_type):
     model = jaxem.Mixture(jaxem.Gaussian(3, covariance_type))
-    params = jaxem.fit(jaxem.em(model), jax.random.key(0), faithful).params
+    params = jax.tree.map(lambda a: a[0], grid.restarts[(3, covariance_type)].params)
     gm = _sklearn_with(model, params)
     assert selection.bic(params, model, faithful) == pytest.approx(gm.bic(faithful), rel=1e-12)
     assert selection.aic(params, model, faithful) == pytest.approx(gm.aic(faithful), rel=1e-12)
@@ -82,9 +92,9 @@ def test_bic_aic_equal_sklearn(faithful, covariance_type):
     )
 
 
-def test_icl_adds_twice_the_entropy(faithful):
-    model = jaxem.Mixture(jaxem.Gaussian(2, "full"))
-    params = jaxem.fit(jaxem.em(model), jax.random.key(0), faithful).params
+def test_icl_adds_twice_the_entropy(faithful, grid):
+    model = jaxem.Mixture(jaxem.Gaussian(3, "full"))
+    params = jax.tree.map(lambda a: a[0], grid.restarts[(3, "full")].params)
     resp = _sklearn_with(model, params).predict_proba(faithful)
     entropy = -np.sum(np.where(resp > 0, resp * np.log(np.where(resp > 0, resp, 1)), 0))
     assert entropy > 0.1
@@ -99,21 +109,15 @@ def test_old_faithful_grid_reaches_mclust_and_skips_degenerate(faithful):
     assert len(result.rows) == 7 * 4
     assert not result.best.degenerate
     assert (result.best.num_components, result.best.covariance_type) == (3, "tied")
-    tied3 = next(r for r in result.rows if (r.num_components, r.covariance_type) == (3, "tied"))
-    # mclust converges to a relative tolerance of 1e-5; 0.05 on a total of 1126 is well inside.
-    assert tied3.log_likelihood == pytest.approx(MCLUST_EEE3_LOG_LIKELIHOOD, abs=0.05)
+    assert result.best.bic == min(r.bic for r in result.rows if not r.degenerate)
+    # mclust stops at a relative change of 1e-5; 0.05 out of 1126 is well inside that.
+    assert result.best.log_likelihood == pytest.approx(MCLUST_EEE3_LOG_LIKELIHOOD, abs=0.05)
     assert result.model == jaxem.Mixture(jaxem.Gaussian(3, "tied"))
     assert result.params.components.means.shape == (3, 2)
-    assert float(result.best_fit.log_likelihood) * 272 == pytest.approx(tied3.log_likelihood)
-    assert "*" in result.format_table().splitlines()[tied3_index(result, 3, "tied") + 1]
-    scores = result.columns()["bic"]
-    assert result.best.bic == scores.min()
-
-
-def tied3_index(result, k, cov):
-    return next(
-        i for i, r in enumerate(result.rows) if (r.num_components, r.covariance_type) == (k, cov)
-    )
+    assert float(result.best_fit.log_likelihood) * 272 == pytest.approx(result.best.log_likelihood)
+    table = result.format_table().splitlines()
+    assert table[1 + result.best_index].startswith("*")
+    assert sum(line.startswith("*") for line in table) == 1
 
 
 def test_degenerate_cell_is_never_chosen():
@@ -127,42 +131,34 @@ def test_degenerate_cell_is_never_chosen():
     assert result.best.num_components == 1
 
 
-def test_one_compiled_fit_per_covariance_type_and_none_on_repeat(faithful):
+COMPILED = (
+    engine._fit_restarts_from_params,
+    selection._seed_centers,
+    selection._padded_initial_params,
+    selection._lane_summaries,
+)
+
+
+def test_one_compiled_fit_per_covariance_type_and_none_on_repeat(faithful, grid):
     x = faithful[:100]
-    before = engine._fit_restarts_from_params._cache_size()
+    before = [f._cache_size() for f in COMPILED]
     selection.select(x, (1, 2, 3), ("diag", "spherical"), num_restarts=2, key=1)
-    assert engine._fit_restarts_from_params._cache_size() - before == 2
-    sizes = [
-        f._cache_size()
-        for f in (
-            engine._fit_restarts_from_params,
-            selection._padded_initial_params,
-            selection._lane_summaries,
-            selection._seed_centers,
-        )
-    ]
+    after = [f._cache_size() for f in COMPILED]
+    assert [b - a for a, b in zip(before, after, strict=True)] == [2, 1, 2, 2]
     selection.select(x, (1, 2, 3), ("diag", "spherical"), num_restarts=2, key=2)
-    assert sizes == [
-        f._cache_size()
-        for f in (
-            engine._fit_restarts_from_params,
-            selection._padded_initial_params,
-            selection._lane_summaries,
-            selection._seed_centers,
-        )
-    ]
+    selection.select(faithful, **GRID, **GRID_FIT, key=3)
+    assert [f._cache_size() for f in COMPILED] == after
 
 
-def test_criterion_choice_and_table_columns(faithful):
-    result = selection.select(faithful, (1, 2), ("spherical",), num_restarts=2, criterion="aic")
+def test_criterion_choice_and_table_columns(faithful, grid):
+    result = selection.select(faithful, **GRID, **GRID_FIT, key=7, criterion="aic")
     assert result.criterion == "aic"
     assert result.best.aic == min(r.aic for r in result.rows)
+    assert [r.aic for r in result.rows] == [r.aic for r in grid.rows]
     cols = result.columns()
     assert list(cols) == list(selection.SelectionRow._fields)
-    assert cols["num_parameters"].tolist() == [3, 7]
-    assert cols["bic"] - cols["aic"] == pytest.approx(
-        cols["num_parameters"] * (math.log(272) - 2)
-    )
+    assert cols["num_parameters"].tolist() == [5, 17, 5, 11, 4, 14, 3, 11]
+    assert cols["bic"] - cols["aic"] == pytest.approx(cols["num_parameters"] * (math.log(272) - 2))
 
 
 @pytest.mark.parametrize(
@@ -170,7 +166,8 @@ def test_criterion_choice_and_table_columns(faithful):
     [
         (
             {"num_components": (1, 60)},
-            "x has 50 rows but num_components goes up to 60: use at most 50 components or more data.",
+            "x has 50 rows but num_components goes up to 60: use at most 50 components or "
+            "more data.",
         ),
         (
             {"covariance_types": ("full", "banded")},
@@ -191,7 +188,7 @@ def test_bad_arguments_raise_before_fitting(kwargs, message):
     assert str(info.value) == message
 
 
-def test_input_is_not_modified(faithful):
+def test_input_is_not_modified(faithful, grid):
     x = faithful.copy()
-    selection.select(x, (2,), ("diag",), num_restarts=2)
+    selection.select(x, **GRID, **GRID_FIT)
     np.testing.assert_array_equal(x, faithful)
