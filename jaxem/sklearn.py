@@ -294,6 +294,61 @@ class MixtureModel(*_ESTIMATOR_BASES):
             )
         return self
 
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> MixtureModel:
+        """One online EM step (:class:`jaxem.streaming.OnlineEM`) on a mini-batch; returns ``self``.
+
+        The first call starts from the fitted parameters if there are any, else initialises from
+        this batch; each call moves the running statistics toward the batch's by the step
+        ``(t + 1) ** -0.6`` and refits the parameters from them. ``n_iter_`` counts the batches.
+        """
+        from jaxem.streaming import OnlineEM
+
+        del y
+        array = validation.check_data(X)
+        num_samples, num_features = array.shape
+        sample_weight = validation.check_sample_weight(sample_weight, num_samples)
+        x, weights = prepare_data(array, sample_weight)
+        state = getattr(self, "_online_state", None)
+        if state is None or state.params is not getattr(self, "_online_params", None):
+            if hasattr(self, "params_"):
+                if num_features != self.n_features_in_:
+                    raise ValueError(
+                        f"X has {num_features} features, but the model was fitted with "
+                        f"{self.n_features_in_}: pass rows with the same features."
+                    )
+                model = self.model_
+                params = jax.tree.map(lambda a: jnp.asarray(a, x.dtype), self.params_)
+            else:
+                checked = self._check_family_settings(num_samples, num_features, x.dtype)
+                model = self._build_model(num_features)
+                key = jax.random.key(validation.check_random_state(self.random_state))
+                init = self._initial_params(model, key[None], x, weights, checked)
+                params = (
+                    jax.jit(model.init)(key, x, weights)
+                    if init is None
+                    else jax.tree.map(lambda a: a[0], init)
+                )
+            state = OnlineEM(model).init(params)
+        elif num_features != self.n_features_in_:
+            raise ValueError(
+                f"X has {num_features} features, but the model was fitted with "
+                f"{self.n_features_in_}: pass rows with the same features."
+            )
+        online = OnlineEM(self.model_ if hasattr(self, "model_") else model)
+        state, batch_objective = jax.jit(type(online).update, static_argnums=0)(
+            online, state, x, weights
+        )
+        self.model_ = online.model
+        self.params_ = _to_numpy(state.params)
+        self._online_state, self._online_params = state, state.params
+        self.weights_ = self.params_.weights
+        self.n_features_in_ = num_features
+        self.n_iter_ = int(state.count)
+        self.converged_ = False
+        self.lower_bound_ = float(batch_objective)
+        self._set_family_attributes(online.model, state.params, state.stats.counts * state.seen)
+        return self
+
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
         """Fit, then return each row's most probable component (equals ``fit(X).predict(X)``)."""
         return self.fit(X, y, sample_weight=sample_weight).predict(X)

@@ -79,3 +79,18 @@ def test_errors(problem):
         streaming.fit_online(
             streaming.OnlineEM(model), params, x, key=jax.random.key(0), batch_size=0
         )
+
+
+@pytest.mark.timeout(120)
+def test_partial_fit_approaches_fit(problem):
+    x, _, _ = problem
+    x = np.asarray(x)
+    estimator = jaxem.GaussianMixture(3, random_state=0)
+    for batch in np.array_split(x, 20):
+        estimator.partial_fit(batch)
+    assert estimator.n_iter_ == 20 and estimator.means_.shape == (3, 2)
+    reference = jaxem.GaussianMixture(3, random_state=0, tol=1e-8, max_iter=500).fit(x)
+    # Stated tolerance: one pass of 20 mini-batches is within 5e-3 nats per point of the fit.
+    assert abs(estimator.score(x) - reference.score(x)) < 5e-3
+    with pytest.raises(ValueError, match="X has 3 features, but the model was fitted with 2"):
+        estimator.partial_fit(np.ones((10, 3)))
