@@ -24,32 +24,50 @@ from jaxem.core import (
 from jaxem.core.bound import BoundTrace, trace_bound
 from jaxem.core.engine import ConvergenceWarning
 from jaxem.core.prune import fit_restarts_pruned
-from jaxem.models import Gaussian, GaussianParams
+from jaxem.labels import Labelled
+from jaxem.models import (
+    Bernoulli,
+    Categorical,
+    Exponential,
+    Gaussian,
+    GaussianParams,
+    LinearRegression,
+    Multinomial,
+    Poisson,
+)
 from jaxem.models.gaussian_prior import GaussianPrior, default_prior
 from jaxem.models.student_t import StudentT, StudentTParams
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Bernoulli",
     "BoundTrace",
+    "Categorical",
     "EM",
     "ClosedForm",
     "Components",
     "ConjugateComponents",
     "ConvergenceWarning",
+    "Exponential",
     "FitResult",
     "Gradient",
     "Gaussian",
     "GaussianMixture",
     "GaussianParams",
     "GaussianPrior",
+    "Labelled",
+    "LinearRegression",
     "Mixture",
     "MixtureModel",
     "MixtureParams",
     "MixtureStats",
     "Model",
+    "Multinomial",
     "Optimizer",
+    "Poisson",
     "PrecisionWarning",
+    "SemiSupervisedMixture",
     "Squarem",
     "Status",
     "StudentT",
@@ -69,7 +87,7 @@ __all__ = [
 
 def __getattr__(name: str):
     # The estimators import scikit-learn when it is installed: load them on first use only.
-    if name in ("GaussianMixture", "MixtureModel"):
+    if name in ("GaussianMixture", "MixtureModel", "SemiSupervisedMixture"):
         from jaxem import sklearn
 
         return getattr(sklearn, name)

@@ -30,6 +30,7 @@ from jaxem.core.estep import default_chunk_size, reduce_chunks
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import Components
 from jaxem.init import nearest_center
+from jaxem.labels import Labelled, check_labels
 from jaxem.models.gaussian import COVARIANCE_TYPES, Gaussian, GaussianParams
 
 Array = jax.Array
@@ -217,6 +218,12 @@ class MixtureModel(*_ESTIMATOR_BASES):
     def _set_family_attributes(self, model: Mixture, params: MixtureParams, counts: Array) -> None:
         del model, params, counts
 
+    def _partial_labels(self, y: Any, num_samples: int, num_components: int) -> np.ndarray | None:
+        """Checked partial labels from ``fit``'s ``y``, or ``None`` to ignore ``y`` (the default,
+        as scikit-learn's mixtures do)."""
+        del y, num_samples, num_components
+        return None
+
     # ---- fitting
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> MixtureModel:
@@ -224,11 +231,10 @@ class MixtureModel(*_ESTIMATOR_BASES):
 
         Args:
             X: array-like ``(n_samples, n_features)``.
-            y: ignored.
+            y: ignored (partial labels for :class:`SemiSupervisedMixture`).
             sample_weight: optional non-negative weight per row (an integer weight counts a row
                 that many times).
         """
-        del y
         array = validation.check_data(X)
         num_samples, num_features = array.shape
         n_init = validation.check_int("n_init", self.n_init, 1)
@@ -242,6 +248,11 @@ class MixtureModel(*_ESTIMATOR_BASES):
         checked = self._check_family_settings(num_samples, num_features, dtype)
         sample_weight = validation.check_sample_weight(sample_weight, num_samples)
         model = self._build_model(num_features)
+        labels = self._partial_labels(y, num_samples, model.num_components)
+        # A family that restricts its data (binary, counts, codes) says so before any work.
+        check_family_data = getattr(model.components, "check_data", None)
+        if check_family_data is not None:
+            check_family_data(array)
         if warm and (
             num_features != self.n_features_in_ or self.weights_.shape[0] != model.num_components
         ):
@@ -252,8 +263,13 @@ class MixtureModel(*_ESTIMATOR_BASES):
             )
 
         x, weights = prepare_data(array, sample_weight)
+        fit_model, data = model, x
+        if labels is not None:
+            fit_model = Mixture(Labelled(model.components), model.weight_concentration)
+            data = (x, jnp.asarray(labels))
         width = num_features * model.num_components
-        algo = em(model, chunk_size=chunk_size or default_chunk_size(num_samples, width * n_init))
+        restart_chunk = chunk_size or default_chunk_size(num_samples, width * n_init)
+        algo = em(fit_model, chunk_size=restart_chunk)
         if warm:
             n_init = 1
             init = jax.tree.map(lambda a: jnp.asarray(a, x.dtype)[None], self.params_)
@@ -262,12 +278,12 @@ class MixtureModel(*_ESTIMATOR_BASES):
             init = self._initial_params(model, keys, x, weights, checked)
             init = keys if init is None else init
         best, lanes = fit_restarts(
-            algo, init, x, weights, max_iter=max_iter, tol=tol, verbose=verbose
+            algo, init, data, weights, max_iter=max_iter, tol=tol, verbose=verbose
         )
         if int(best.status) == Status.NONFINITE:
             raise ValueError(ILL_DEFINED_MESSAGE)
-        final = em(model, chunk_size=chunk_size or default_chunk_size(num_samples, width))
-        counts = _final_counts(final, best.params, x, weights)
+        final = em(fit_model, chunk_size=chunk_size or default_chunk_size(num_samples, width))
+        counts = _final_counts(final, best.params, data, weights)
 
         n_iter = int(best.num_iters)
         self.model_ = model
@@ -610,3 +626,23 @@ def _gaussian_initial_params(
         return MixtureParams(mixture_weights, components)
 
     return jax.vmap(one)(keys)
+
+
+class SemiSupervisedMixture(MixtureModel):
+    """A :class:`MixtureModel` whose ``fit(X, y)`` takes partial labels, for any family.
+
+    ``y[n]`` is the component of row ``n``, or -1 when unknown (``y=None``: no labels). Labelled
+    rows keep their responsibilities fixed to their label (see :class:`jaxem.Labelled`), so the
+    fitted components follow the labels' order; ``predict`` on new rows is the plain mixture's.
+
+    Example:
+        >>> import numpy as np, jaxem
+        >>> x = np.concatenate([np.zeros((20, 3)), np.ones((20, 3))])
+        >>> y = np.full(40, -1); y[0], y[-1] = 1, 0
+        >>> est = jaxem.SemiSupervisedMixture(jaxem.Bernoulli(2), random_state=0).fit(x, y)
+        >>> est.predict(x[[0, -1]]).tolist()
+        [1, 0]
+    """
+
+    def _partial_labels(self, y: Any, num_samples: int, num_components: int) -> np.ndarray | None:
+        return None if y is None else check_labels(y, num_samples, num_components)
