@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxem.core.constraints import Simplex
 from jaxem.core.estep import weighted_sum
 from jaxem.core.model import Components, ConjugateComponents
 from jaxem.hmm.inference import INFERENCE_METHODS, Smoothed, forward_backward, viterbi
@@ -312,6 +313,35 @@ class HiddenMarkovModel:
             prior = self._transition_prior(params.transition.dtype)
             lp = lp + _dirichlet_log_density(params.transition, prior)
         return lp
+
+    def constraints(self) -> HMMParams:
+        """Probabilities on the simplex (rows for the transition matrix); the emissions as the
+        family declares (used by the gradient M-step)."""
+        return HMMParams(Simplex(), Simplex(), self.emissions.constraints())
+
+    def closed_form_blocks(self) -> HMMParams:
+        """Initial and transition probabilities always have a closed form; the emissions' blocks
+        as the family marks them (none for a non-conjugate family)."""
+        conjugate = isinstance(self.emissions, ConjugateComponents)
+        return HMMParams(True, True, self.emissions.closed_form_blocks() if conjugate else False)
+
+    def to_unconstrained(self, params: HMMParams) -> HMMParams:
+        """Log-probabilities, and the emissions' own unconstrained form if they have one (SQUAREM
+        extrapolates in this space)."""
+        convert = getattr(self.emissions, "to_unconstrained", None)
+        emissions = params.emissions if convert is None else convert(params.emissions)
+        return HMMParams(jnp.log(params.initial), jnp.log(params.transition), emissions)
+
+    def from_unconstrained(self, unconstrained: HMMParams) -> HMMParams:
+        """Inverse of :meth:`to_unconstrained`."""
+        convert = getattr(self.emissions, "from_unconstrained", None)
+        emissions = unconstrained.emissions
+        emissions = emissions if convert is None else convert(emissions)
+        return HMMParams(
+            jax.nn.softmax(unconstrained.initial),
+            jax.nn.softmax(unconstrained.transition, axis=-1),
+            emissions,
+        )
 
     def expected_log_joint(
         self, params: HMMParams, params_old: HMMParams, x: Sequences, weights: Array | None
