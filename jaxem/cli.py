@@ -287,8 +287,16 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def fit_command(args: argparse.Namespace) -> int:
+    from jaxem.models.gaussian import COVARIANCE_TYPES
+
     ks = parse_components(args.components)
     types = _split(args.covariance) or []
+    unknown = [t for t in types if t not in COVARIANCE_TYPES]
+    if unknown or not types:
+        raise UsageError(
+            f"--covariance {args.covariance!r}: use some of {','.join(COVARIANCE_TYPES)}, "
+            "comma-separated."
+        )
     x, names = read_data(args.data, _split(args.columns))
     if max(ks) > x.shape[0]:
         raise UsageError(
