@@ -342,30 +342,34 @@ def _save_model(path: Path, selection: Any, names: Sequence[str]) -> str:
 
 def _load_model(path: str) -> tuple[Any, Any]:
     from jaxem import io
+    from jaxem.core.engine import FitResult
 
     if not Path(path).is_file():
         raise UsageError(f"model file {path!r} does not exist.")
-    return io.load(path)
+    model, params = io.load(path, kind="result")
+    if isinstance(params, FitResult):
+        params = params.params
+    if not hasattr(model, "log_resp") or not hasattr(params.components, "means"):
+        raise UsageError(f"{path} holds a {type(model).__name__}, not a Gaussian mixture.")
+    return model, params
 
 
-def _model_rows(model: Any, params: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Responsibilities ``[N, K]`` and log-densities ``[N]`` of the rows."""
-    import jax.numpy as jnp
-
+def _checked_rows(params: Any, x: np.ndarray) -> np.ndarray:
     num_features = params.components.means.shape[-1]
     if x.shape[1] != num_features:
         raise UsageError(
             f"the data have {x.shape[1]} columns but the model was fitted on {num_features}; "
             "choose the same columns with --columns."
         )
-    log_resp, log_norm = model.log_resp(params, jnp.asarray(_for_jax(x)))
-    return np.exp(np.asarray(log_resp)), np.asarray(log_norm)
+    return _for_jax(x)
 
 
 def predict_command(args: argparse.Namespace) -> int:
     model, params = _load_model(args.model)
     x, _ = read_data(args.data, _split(args.columns))
-    resp, _ = _model_rows(model, params, x)
+    from jaxem.plot import responsibilities
+
+    resp = responsibilities(model, params, _checked_rows(params, x))
     if args.proba:
         header = [f"p{k}" for k in range(resp.shape[1])]
         table = resp
@@ -389,8 +393,9 @@ def predict_command(args: argparse.Namespace) -> int:
 def score_command(args: argparse.Namespace) -> int:
     model, params = _load_model(args.model)
     x, _ = read_data(args.data, _split(args.columns))
-    _, log_density = _model_rows(model, params, x)
-    total = float(np.sum(log_density))
+    from jaxem.select import log_likelihood
+
+    total = log_likelihood(params, model, _checked_rows(params, x))
     print(f"rows {x.shape[0]}")
     print(f"mean log-likelihood {total / x.shape[0]:.6f}")
     print(f"total log-likelihood {total:.6f}")

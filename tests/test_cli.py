@@ -191,3 +191,56 @@ def test_demo_as_a_fresh_process(tmp_path):
     assert "Chosen by BIC: K=3, tied covariance" in done.stdout
     assert (tmp_path / cli.DEMO_FIGURE).read_bytes()[:8] == PNG_MAGIC
     assert f"Figure written to {tmp_path / cli.DEMO_FIGURE}" in done.stdout
+
+
+@pytest.mark.timeout(240)
+def test_saved_model_predicts_scores_and_describes(faithful_csv, tmp_path, capsys):
+    model_file = tmp_path / "model.jaxem"
+    grid = ["--components", "2", "--covariance", "full", "--restarts", "2"]
+    code, out, err = run(["fit", faithful_csv, *grid, "--out", model_file], capsys)
+    assert code == 0, err
+    assert f"Model saved to {model_file.resolve()}" in out
+
+    from jaxem import io
+    from jaxem.plot import responsibilities
+
+    model, params = io.load(model_file)
+    x = load_old_faithful()[:120]
+    resp = responsibilities(model, params, x)
+
+    code, out, err = run(["predict", model_file, faithful_csv], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "label"
+    np.testing.assert_array_equal([int(v) for v in lines[1:]], resp.argmax(axis=1))
+
+    proba_file = tmp_path / "proba.csv"
+    code, out, err = run(
+        ["predict", model_file, faithful_csv, "--proba", "--out", proba_file], capsys
+    )
+    assert code == 0, err
+    table = np.loadtxt(proba_file, delimiter=",", skiprows=1)
+    np.testing.assert_allclose(table, resp, rtol=1e-5, atol=1e-7)
+
+    code, out, err = run(["score", model_file, faithful_csv], capsys)
+    assert code == 0, err
+    from jaxem.select import log_likelihood
+
+    total = float(out.splitlines()[2].split()[-1])
+    assert total == pytest.approx(log_likelihood(params, model, x), rel=1e-6)
+
+    code, out, err = run(["info", model_file], capsys)
+    assert code == 0, err
+    assert "Mixture of 2 Gaussian" in out and "covariance_type full" in out
+
+    code, out, err = run(["predict", model_file, tmp_path / "missing.csv"], capsys)
+    assert (code, out) == (1, "")
+    assert err == f"jaxem predict: error: data file '{tmp_path}/missing.csv' does not exist.\n"
+
+    np.save(tmp_path / "three.npy", np.ones((4, 3)))
+    code, out, err = run(["score", model_file, tmp_path / "three.npy"], capsys)
+    assert code == 1
+    assert err == (
+        "jaxem score: error: the data have 3 columns but the model was fitted on 2; choose the "
+        "same columns with --columns.\n"
+    )
