@@ -90,3 +90,17 @@ def test_wrapper_keeps_the_family_interface_and_checks_labels():
         family.data(x, [0.5, 1, 2, -1])
     with pytest.raises(ValueError, match=r"The components are already Labelled"):
         Labelled(family)
+
+
+@pytest.mark.timeout(60)
+def test_semi_supervised_estimator_follows_labels_and_checks_them():
+    x, z = gaussian_blobs(seed=5)
+    labels = np.full(300, -1)
+    for true_class, component in enumerate([2, 0, 1]):
+        labels[np.flatnonzero(z == true_class)[:3]] = component
+    est = jaxem.SemiSupervisedMixture(jaxem.Gaussian(3), n_init=2, random_state=0)
+    np.testing.assert_array_equal(est.fit_predict(x, labels), np.array([2, 0, 1])[z])
+    with pytest.raises(ValueError, match=r"labels must lie in -1 \.\. 2"):
+        est.fit(x, np.full(300, 7))
+    with pytest.raises(ValueError, match=r"Bernoulli components need x in \[0, 1\]"):
+        jaxem.SemiSupervisedMixture(Bernoulli(2)).fit(x, np.full(300, -1))
