@@ -457,6 +457,31 @@ class MixtureModel(*_ESTIMATOR_BASES):
         x, labels = _sample(self.model_, self.params_, key, int(n_samples))
         return np.asarray(x), np.asarray(labels)
 
+    # ---- persistence
+
+    def save(self, path: Any) -> None:
+        """Write the estimator (parameters and fitted attributes) to ``path``; see :mod:`jaxem.io`.
+
+        Example:
+            >>> import numpy as np, jaxem, tempfile, os
+            >>> x = np.random.default_rng(0).normal(size=(100, 2))
+            >>> gm = jaxem.GaussianMixture(2, random_state=0).fit(x)
+            >>> path = os.path.join(tempfile.mkdtemp(), "gm.npz")
+            >>> gm.save(path)
+            >>> bool((jaxem.GaussianMixture.load(path).predict_proba(x) == gm.predict_proba(x)).all())
+            True
+        """
+        from jaxem import io
+
+        io.save(path, self)
+
+    @classmethod
+    def load(cls, path: Any) -> Any:
+        """Read an estimator written by :meth:`save`; the file must hold an instance of ``cls``."""
+        from jaxem import io
+
+        return io.load_estimator(path, cls)
+
 
 class GaussianMixture(MixtureModel):
     """Gaussian mixture with scikit-learn's ``GaussianMixture`` interface, fitted by jaxem.
