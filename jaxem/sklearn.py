@@ -143,6 +143,8 @@ class MixtureModel(*_ESTIMATOR_BASES):
         verbose: print the mean log-likelihood every ``verbose`` iterations (0: silent).
         chunk_size: rows per chunk of every pass over the data (``None``: chosen from the sizes).
         weight_concentration: symmetric Dirichlet prior on the mixture weights (1: none).
+        accelerate: ``None`` (plain EM) or ``"squarem"``: SQUAREM extrapolation, still monotone,
+            usually several times fewer passes over the data; ``n_iter_`` then counts E-steps.
 
     ``bic``/``aic`` need the family's ``num_free_parameters(num_features)``; ``sample`` needs its
     ``sample(key, params, labels)`` returning one draw per label from that component.
@@ -176,6 +178,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
         verbose: int = 0,
         chunk_size: int | None = None,
         weight_concentration: float = 1.0,
+        accelerate: str | None = None,
     ) -> None:
         self.components = components
         self.n_init = n_init
@@ -186,6 +189,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
         self.verbose = verbose
         self.chunk_size = chunk_size
         self.weight_concentration = weight_concentration
+        self.accelerate = accelerate
 
     # ---- hooks a family-specific estimator overrides
 
@@ -269,7 +273,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
             data = (x, jnp.asarray(labels))
         width = num_features * model.num_components
         restart_chunk = chunk_size or default_chunk_size(num_samples, width * n_init)
-        algo = em(fit_model, chunk_size=restart_chunk)
+        algo = em(fit_model, chunk_size=restart_chunk, accelerate=self.accelerate)
         if warm:
             n_init = 1
             init = jax.tree.map(lambda a: jnp.asarray(a, x.dtype)[None], self.params_)
@@ -487,7 +491,8 @@ class GaussianMixture(MixtureModel):
     """Gaussian mixture with scikit-learn's ``GaussianMixture`` interface, fitted by jaxem.
 
     The parameters mean what they mean in scikit-learn; in addition ``chunk_size`` bounds the
-    rows processed at once. ``init_params`` maps to :class:`jaxem.Gaussian`'s ``init_method``:
+    rows processed at once, and ``accelerate="squarem"`` fits with SQUAREM (monotone; ``n_iter_``
+    then counts E-steps). ``init_params`` maps to :class:`jaxem.Gaussian`'s ``init_method``:
     ``"kmeans"`` (Lloyd's k-means from k-means++ seeds), ``"k-means++"``, ``"random"`` (random
     responsibilities) and ``"random_from_data"`` (random rows as means). The ``n_init`` restarts
     run in parallel; restart ``i`` with an integer ``random_state`` starts from
@@ -536,6 +541,7 @@ class GaussianMixture(MixtureModel):
         verbose: int = 0,
         verbose_interval: int = 10,
         chunk_size: int | None = None,
+        accelerate: str | None = None,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -552,6 +558,7 @@ class GaussianMixture(MixtureModel):
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.chunk_size = chunk_size
+        self.accelerate = accelerate
 
     def _check_family_settings(
         self, num_samples: int, num_features: int, dtype: np.dtype

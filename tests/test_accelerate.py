@@ -222,3 +222,16 @@ def test_unknown_accelerator_is_a_clear_error():
         Squarem(step_min=0.5)
     with pytest.raises(ValueError, match=r"^Squarem step_factor must be at least 1, got 0.5\.$"):
         Squarem(step_factor=0.5)
+
+
+def test_estimator_accelerate_parameter():
+    x = overlapping_blobs()
+    settings = dict(random_state=0, tol=1e-8, max_iter=MAX_ITER)
+    plain = jaxem.GaussianMixture(2, **settings).fit(x)
+    fast = jaxem.GaussianMixture(2, accelerate="squarem", **settings).fit(x)
+    assert fast.get_params()["accelerate"] == "squarem"
+    assert fast.converged_
+    assert fast.n_iter_ * 2 < plain.n_iter_
+    assert fast.score(x) == pytest.approx(plain.score(x), rel=1e-6)
+    with pytest.raises(ValueError, match=r"^Unknown accelerate 'fast': use None \(plain EM\)"):
+        jaxem.GaussianMixture(2, accelerate="fast").fit(x)
