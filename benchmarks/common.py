@@ -92,15 +92,23 @@ def matmul_peak_gflops(dtype: str = "float64", size: int = 2048, repeat: int = 5
 def peak_rss_of(code: str, *, env: dict[str, str] | None = None, timeout: float = 1800) -> float:
     """High-water resident set size in MiB of a fresh Python process running ``code``.
 
-    The process runs with the repository root on ``PYTHONPATH``; its own ``ru_maxrss`` is read at
-    exit, so the figure includes the interpreter and imported libraries (measure an import-only
-    baseline with the same imports to separate them).
+    The process runs with the repository root on ``PYTHONPATH``; its own high-water mark (``VmHWM``
+    on Linux, else ``ru_maxrss``) is read at exit, so the figure includes the interpreter and the
+    imported libraries (measure an import-only baseline with the same imports to separate them).
     """
+    # VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec, so a child forked from a large parent
+    # would report the parent's high-water mark.
     epilogue = textwrap.dedent(
         """
         import resource as _resource, sys as _sys
-        _scale = 1 if _sys.platform == "darwin" else 1024
-        print("PEAK_RSS_BYTES", _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss * _scale)
+        try:
+            with open("/proc/self/status") as _status:
+                _hwm = [l for l in _status if l.startswith("VmHWM:")][0]
+            _peak = int(_hwm.split()[1]) * 1024
+        except (OSError, IndexError):
+            _scale = 1 if _sys.platform == "darwin" else 1024
+            _peak = _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss * _scale
+        print("PEAK_RSS_BYTES", _peak)
         """
     )
     full_env = dict(os.environ)
