@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxem.core.model import ConjugateComponents
 from jaxem.models.closed_form import (
+    ChunkConjugateComponents,
     as_matrix,
     check_at_least_one,
     check_init_method,
@@ -45,7 +45,7 @@ class BernoulliStats(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Bernoulli(ConjugateComponents):
+class Bernoulli(ChunkConjugateComponents):
     """K products of independent Bernoulli distributions (binary features).
 
     Args:
@@ -78,14 +78,8 @@ class Bernoulli(ConjugateComponents):
         log_p, log_q = floored_log(params.probs), floored_log1m(params.probs)
         return x @ (log_p - log_q).T + jnp.sum(log_q, axis=-1)
 
-    def log_prob(self, params: BernoulliParams, x_one: Array) -> Array:
-        return self.log_prob_chunk(params, x_one[None])[0]
-
     def chunk_stats(self, params: BernoulliParams, x: Array, resp: Array) -> BernoulliStats:
         return BernoulliStats(jnp.sum(resp, axis=0), resp.T @ x)
-
-    def suff_stats(self, params: BernoulliParams, x_one: Array, resp: Array) -> BernoulliStats:
-        return self.chunk_stats(params, x_one[None], resp[None])
 
     def m_step(self, params: BernoulliParams, stats: BernoulliStats) -> BernoulliParams:
         a, b = self.beta_prior

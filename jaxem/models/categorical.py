@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxem.core.model import ConjugateComponents
 from jaxem.models.closed_form import (
+    ChunkConjugateComponents,
     as_matrix,
     check_at_least_one,
     check_init_method,
@@ -45,7 +45,7 @@ class CategoricalStats(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Categorical(ConjugateComponents):
+class Categorical(ChunkConjugateComponents):
     """K products of independent categorical distributions over D features.
 
     Args:
@@ -117,15 +117,9 @@ class Categorical(ConjugateComponents):
         log_p = jnp.where(self.level_mask(), floored_log(params.probs), 0)
         return jnp.einsum("cdl,kdl->ck", self.one_hot(x, log_p.dtype), log_p)
 
-    def log_prob(self, params: CategoricalParams, x_one: Array) -> Array:
-        return self.log_prob_chunk(params, x_one[None])[0]
-
     def chunk_stats(self, params: CategoricalParams, x: Array, resp: Array) -> CategoricalStats:
         level_counts = jnp.einsum("ck,cdl->kdl", resp, self.one_hot(x, resp.dtype))
         return CategoricalStats(jnp.sum(resp, axis=0), level_counts)
-
-    def suff_stats(self, params: CategoricalParams, x_one: Array, resp: Array) -> CategoricalStats:
-        return self.chunk_stats(params, x_one[None], resp[None])
 
     def m_step(self, params: CategoricalParams, stats: CategoricalStats) -> CategoricalParams:
         mask = self.level_mask()

@@ -37,6 +37,16 @@ def floored_log1m(p: Array) -> Array:
     return jnp.maximum(jnp.log1p(-p), floor)
 
 
+class ChunkConjugateComponents(ConjugateComponents):
+    """A closed-form family written for chunks: the per-datum methods are chunks of one row."""
+
+    def log_prob(self, params: Any, x_one: Any) -> Array:
+        return self.log_prob_chunk(params, jax.tree.map(lambda a: a[None], x_one))[0]
+
+    def suff_stats(self, params: Any, x_one: Any, resp: Array) -> Any:
+        return self.chunk_stats(params, jax.tree.map(lambda a: a[None], x_one), resp[None])
+
+
 def divide_or_keep(numerator: Array, denominator: Array, previous: Array) -> Array:
     """``numerator / denominator`` where the denominator is positive, else ``previous``.
 

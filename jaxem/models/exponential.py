@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxem.core.model import ConjugateComponents
 from jaxem.models.closed_form import (
+    ChunkConjugateComponents,
     as_matrix,
     check_gamma_prior,
     check_init_method,
@@ -46,7 +46,7 @@ class ExponentialStats(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Exponential(ConjugateComponents):
+class Exponential(ChunkConjugateComponents):
     """K products of independent exponential distributions (non-negative features).
 
     Args:
@@ -76,14 +76,8 @@ class Exponential(ConjugateComponents):
         rates = params.rates
         return jnp.sum(floored_log(rates), axis=-1) - x @ rates.T
 
-    def log_prob(self, params: ExponentialParams, x_one: Array) -> Array:
-        return self.log_prob_chunk(params, x_one[None])[0]
-
     def chunk_stats(self, params: ExponentialParams, x: Array, resp: Array) -> ExponentialStats:
         return ExponentialStats(jnp.sum(resp, axis=0), resp.T @ x)
-
-    def suff_stats(self, params: ExponentialParams, x_one: Array, resp: Array) -> ExponentialStats:
-        return self.chunk_stats(params, x_one[None], resp[None])
 
     def m_step(self, params: ExponentialParams, stats: ExponentialStats) -> ExponentialParams:
         shape, rate = self.gamma_prior

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
 
-from jaxem.core.model import ConjugateComponents
 from jaxem.models.closed_form import (
+    ChunkConjugateComponents,
     check_at_least_one,
     check_init_method,
     check_non_negative_integers,
@@ -50,7 +50,7 @@ def log_multinomial_coefficient(x: Array) -> Array:
 
 
 @dataclass(frozen=True)
-class Multinomial(ConjugateComponents):
+class Multinomial(ChunkConjugateComponents):
     """K multinomial distributions over D categories.
 
     Args:
@@ -82,14 +82,8 @@ class Multinomial(ConjugateComponents):
     def log_prob_chunk(self, params: MultinomialParams, x: Array) -> Array:
         return x @ floored_log(params.probs).T + log_multinomial_coefficient(x)[:, None]
 
-    def log_prob(self, params: MultinomialParams, x_one: Array) -> Array:
-        return self.log_prob_chunk(params, x_one[None])[0]
-
     def chunk_stats(self, params: MultinomialParams, x: Array, resp: Array) -> MultinomialStats:
         return MultinomialStats(jnp.sum(resp, axis=0), resp.T @ x)
-
-    def suff_stats(self, params: MultinomialParams, x_one: Array, resp: Array) -> MultinomialStats:
-        return self.chunk_stats(params, x_one[None], resp[None])
 
     def m_step(self, params: MultinomialParams, stats: MultinomialStats) -> MultinomialParams:
         numerator = stats.category_counts + (self.dirichlet_concentration - 1.0)

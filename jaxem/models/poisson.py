@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
 
-from jaxem.core.model import ConjugateComponents
 from jaxem.models.closed_form import (
+    ChunkConjugateComponents,
     check_gamma_prior,
     check_init_method,
     check_non_negative_integers,
@@ -45,7 +45,7 @@ class PoissonStats(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Poisson(ConjugateComponents):
+class Poisson(ChunkConjugateComponents):
     """K products of independent Poisson distributions (count features).
 
     Args:
@@ -76,14 +76,8 @@ class Poisson(ConjugateComponents):
         log_factorials = jnp.sum(gammaln(x + 1), axis=-1)
         return x @ floored_log(rates).T - jnp.sum(rates, axis=-1) - log_factorials[:, None]
 
-    def log_prob(self, params: PoissonParams, x_one: Array) -> Array:
-        return self.log_prob_chunk(params, x_one[None])[0]
-
     def chunk_stats(self, params: PoissonParams, x: Array, resp: Array) -> PoissonStats:
         return PoissonStats(jnp.sum(resp, axis=0), resp.T @ x)
-
-    def suff_stats(self, params: PoissonParams, x_one: Array, resp: Array) -> PoissonStats:
-        return self.chunk_stats(params, x_one[None], resp[None])
 
     def m_step(self, params: PoissonParams, stats: PoissonStats) -> PoissonParams:
         shape, rate = self.gamma_prior

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxem.core.model import ConjugateComponents
 from jaxem.models.closed_form import (
+    ChunkConjugateComponents,
     check_init_method,
     check_num_components,
     init_from_responsibilities,
@@ -47,7 +47,7 @@ class RegressionStats(NamedTuple):
 
 
 @dataclass(frozen=True)
-class LinearRegression(ConjugateComponents):
+class LinearRegression(ChunkConjugateComponents):
     """K linear regressions of a scalar target on P covariates, each with its own noise variance.
 
     Args:
@@ -95,9 +95,6 @@ class LinearRegression(ConjugateComponents):
         variances = params.variances
         return -0.5 * (math.log(2 * math.pi) + jnp.log(variances) + residual**2 / variances)
 
-    def log_prob(self, params: RegressionParams, x_one: tuple[Array, Array]) -> Array:
-        return self.log_prob_chunk(params, jax.tree.map(lambda a: a[None], x_one))[0]
-
     def chunk_stats(
         self, params: RegressionParams, x: tuple[Array, Array], resp: Array
     ) -> RegressionStats:
@@ -111,11 +108,6 @@ class LinearRegression(ConjugateComponents):
             cross=jnp.einsum("ckp,ck->kp", rz, residual),
             residual_squares=jnp.sum(resp * residual**2, axis=0),
         )
-
-    def suff_stats(
-        self, params: RegressionParams, x_one: tuple[Array, Array], resp: Array
-    ) -> RegressionStats:
-        return self.chunk_stats(params, jax.tree.map(lambda a: a[None], x_one), resp[None])
 
     def m_step(self, params: RegressionParams, stats: RegressionStats) -> RegressionParams:
         # The pseudo-inverse gives the minimum-norm solution when a component has too few points
