@@ -1,6 +1,6 @@
 """jaxem: Expectation-Maximization on accelerators, built on JAX."""
 
-from jaxem import parallel, streaming
+from jaxem import datasets, parallel, streaming
 from jaxem.core import (
     EM,
     ClosedForm,
@@ -37,6 +37,7 @@ from jaxem.models import (
 )
 from jaxem.models.gaussian_prior import GaussianPrior, default_prior
 from jaxem.models.student_t import StudentT, StudentTParams
+from jaxem.select import Selection, aic, bic, icl, select
 
 __version__ = "0.1.0"
 
@@ -68,18 +69,24 @@ __all__ = [
     "Poisson",
     "PrecisionWarning",
     "SemiSupervisedMixture",
+    "Selection",
     "Squarem",
     "Status",
     "StudentT",
     "StudentTParams",
     "__version__",
+    "aic",
+    "bic",
     "constraints",
+    "datasets",
     "default_prior",
     "em",
     "fit",
     "fit_restarts",
     "fit_restarts_pruned",
+    "icl",
     "parallel",
+    "select",
     "streaming",
     "trace_bound",
 ]

@@ -111,7 +111,9 @@ def plot_mixture(
         >>> x = jaxem.datasets.load_old_faithful()
         >>> model = jaxem.Mixture(jaxem.Gaussian(2))
         >>> params = jaxem.fit(jaxem.em(model), jax.random.key(0), x).params
-        >>> plot_mixture(model, params, x).savefig("faithful.png")
+        >>> fig = plot_mixture(model, params, x, columns=("eruptions", "waiting"))
+        >>> len(fig.axes[0].patches)  # an ellipse at 1 and 2 standard deviations per component
+        4
     """
     x = np.asarray(x)
     d = x.shape[1]

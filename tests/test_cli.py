@@ -244,3 +244,18 @@ def test_saved_model_predicts_scores_and_describes(faithful_csv, tmp_path, capsy
         "jaxem score: error: the data have 3 columns but the model was fitted on 2; choose the "
         "same columns with --columns.\n"
     )
+
+
+def test_readme_test_command_is_what_ci_runs():
+    """The README's set-up commands are the two in its Set up section; the test one is .ci/run."""
+    readme = (REPO / "README.md").read_text()
+    setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    commands = [block.split("\n", 1)[1].strip() for block in setup.split("```bash")[1:]]
+    commands = [c.split("```", 1)[0].strip() for c in commands]
+    assert len(commands) == 2
+    demo, tests = commands
+    assert demo.endswith('pip install ".[plot]" && jaxem demo')
+    assert tests.endswith('pip install ".[test]" && python -m pytest')
+    ci = (REPO / ".ci" / "run").read_text()
+    for step in tests.split(" && "):
+        assert step in ci, step
