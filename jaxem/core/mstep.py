@@ -460,6 +460,19 @@ def _inner_step(carry: tuple, value_and_grad: Callable, opt: Any, loss: Callable
     return i + 1, u, opt_state, last, value, first
 
 
+def default_mstep(model: Any) -> ClosedForm | Gradient:
+    """:class:`ClosedForm` when the model's closed form sets every block, else :class:`Gradient`
+    (which still takes the closed-form blocks exactly first), so that no block is left unfitted.
+
+    Example:
+        >>> import jaxem
+        >>> default_mstep(jaxem.Mixture(jaxem.Gaussian(2)))
+        ClosedForm(frozen=())
+    """
+    blocks = getattr(model, "closed_form_blocks", lambda: True)()
+    return ClosedForm() if all(jax.tree.leaves(blocks)) else Gradient()
+
+
 __all__ = [
     "ClosedForm",
     "Gradient",
@@ -467,6 +480,7 @@ __all__ = [
     "Optimizer",
     "apply_mstep",
     "broadcast_prefix",
+    "default_mstep",
     "expected_objective",
     "frozen_leaves",
     "init_mstep_state",

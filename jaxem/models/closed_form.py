@@ -125,6 +125,7 @@ def init_from_responsibilities(
     weights: Array | None,
     reference: Any,
     features: Callable[[Any], Array] | None = None,
+    m_step: Callable[[Any, Any], Any] | None = None,
 ) -> Any:
     """First parameters: one M-step from responsibilities that need no parameters.
 
@@ -132,7 +133,8 @@ def init_from_responsibilities(
     its nearest seed (k-means++ seeds or random rows) in the space of ``features(x)`` (the rows
     themselves by default); ``"random_resp"`` draws uniform random responsibilities per row. The
     statistics are reduced chunk by chunk and ``components.m_step(reference, stats)`` turns them
-    into parameters (``reference`` is what an empty component keeps).
+    into parameters (``reference`` is what an empty component keeps); ``m_step`` replaces it, for
+    a family that also estimates the blocks its own M-step passes through (a gamma shape).
     """
     k = components.num_components
     features = (lambda a: a) if features is None else features
@@ -171,4 +173,4 @@ def init_from_responsibilities(
         return components.chunk_stats(reference, xc, resp)
 
     stats = reduce_chunks(chunk, x, weights, chunk_size)
-    return components.m_step(reference, stats)
+    return (components.m_step if m_step is None else m_step)(reference, stats)
