@@ -29,6 +29,7 @@ from jaxem.core.engine import EM, ConvergenceWarning, Status, em, fit_restarts, 
 from jaxem.core.estep import default_chunk_size, reduce_chunks
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import Components
+from jaxem.core.mstep import default_mstep
 from jaxem.init import nearest_center
 from jaxem.labels import Labelled, check_labels
 from jaxem.models.gaussian import COVARIANCE_TYPES, Gaussian, GaussianParams
@@ -273,7 +274,9 @@ class MixtureModel(*_ESTIMATOR_BASES):
             data = (x, jnp.asarray(labels))
         width = num_features * model.num_components
         restart_chunk = chunk_size or default_chunk_size(num_samples, width * n_init)
-        algo = em(fit_model, chunk_size=restart_chunk, accelerate=self.accelerate)
+        # A family without a closed form for every block (a gamma shape) takes the gradient path.
+        mstep = default_mstep(fit_model)
+        algo = em(fit_model, mstep, chunk_size=restart_chunk, accelerate=self.accelerate)
         if warm:
             n_init = 1
             init = jax.tree.map(lambda a: jnp.asarray(a, x.dtype)[None], self.params_)
