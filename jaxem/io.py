@@ -44,6 +44,7 @@ _BUILTIN_MODULES = (
     "jaxem.core.accelerate",
     "jaxem.models",
     "jaxem.labels",
+    "jaxem.missing",
     "jaxem.hmm",
     "jaxem.sklearn",
 )

@@ -32,6 +32,7 @@ from jaxem.core.model import Components
 from jaxem.core.mstep import default_mstep
 from jaxem.init import nearest_center
 from jaxem.labels import Labelled, check_labels
+from jaxem.missing import MISSING_OPTIONS, fill_column_means, impute, marginalize_missing
 from jaxem.models.gaussian import COVARIANCE_TYPES, Gaussian, GaussianParams
 
 Array = jax.Array
@@ -146,6 +147,10 @@ class MixtureModel(*_ESTIMATOR_BASES):
         weight_concentration: symmetric Dirichlet prior on the mixture weights (1: none).
         accelerate: ``None`` (plain EM) or ``"squarem"``: SQUAREM extrapolation, still monotone,
             usually several times fewer passes over the data; ``n_iter_`` then counts E-steps.
+        missing: ``"error"`` (the default: NaN in ``X`` is refused, as in scikit-learn) or
+            ``"marginalize"``: NaN marks a missing value, marginalised exactly in every E-step
+            (see :mod:`jaxem.missing`); ``predict``, ``predict_proba`` and ``score_samples`` then
+            accept rows with NaN and ``impute`` fills them in. A row must have one observed value.
 
     ``bic``/``aic`` need the family's ``num_free_parameters(num_features)``; ``sample`` needs its
     ``sample(key, params, labels)`` returning one draw per label from that component.
@@ -180,6 +185,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
         chunk_size: int | None = None,
         weight_concentration: float = 1.0,
         accelerate: str | None = None,
+        missing: str = "error",
     ) -> None:
         self.components = components
         self.n_init = n_init
@@ -191,6 +197,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
         self.chunk_size = chunk_size
         self.weight_concentration = weight_concentration
         self.accelerate = accelerate
+        self.missing = missing
 
     # ---- hooks a family-specific estimator overrides
 
@@ -240,7 +247,8 @@ class MixtureModel(*_ESTIMATOR_BASES):
             sample_weight: optional non-negative weight per row (an integer weight counts a row
                 that many times).
         """
-        array = validation.check_data(X)
+        marginalize = validation.check_choice("missing", self.missing, MISSING_OPTIONS) != "error"
+        array = validation.check_data(X, allow_missing=marginalize)
         num_samples, num_features = array.shape
         n_init = validation.check_int("n_init", self.n_init, 1)
         max_iter = validation.check_int("max_iter", self.max_iter, 0)
@@ -252,7 +260,9 @@ class MixtureModel(*_ESTIMATOR_BASES):
         dtype = np.dtype(jax.dtypes.canonicalize_dtype(array.dtype))
         checked = self._check_family_settings(num_samples, num_features, dtype)
         sample_weight = validation.check_sample_weight(sample_weight, num_samples)
-        model = self._build_model(num_features)
+        model = plain_model = self._build_model(num_features)
+        if marginalize:
+            model = marginalize_missing(plain_model)
         labels = self._partial_labels(y, num_samples, model.num_components)
         # A family that restricts its data (binary, counts, codes) says so before any work.
         check_family_data = getattr(model.components, "check_data", None)
@@ -267,7 +277,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
                 f"components and {num_features} features: set warm_start=False to start afresh."
             )
 
-        x, weights = prepare_data(array, sample_weight)
+        x, weights = prepare_data(array, sample_weight, allow_missing=marginalize)
         fit_model, data = model, x
         if labels is not None:
             fit_model = Mixture(Labelled(model.components), model.weight_concentration)
@@ -282,7 +292,9 @@ class MixtureModel(*_ESTIMATOR_BASES):
             init = jax.tree.map(lambda a: jnp.asarray(a, x.dtype)[None], self.params_)
         else:
             keys = jax.random.split(jax.random.key(seed), n_init)
-            init = self._initial_params(model, keys, x, weights, checked)
+            # User-given starts are estimated from the data with column means filled in.
+            start_x = fill_column_means(x, weights) if marginalize else x
+            init = self._initial_params(plain_model, keys, start_x, weights, checked)
             init = keys if init is None else init
         best, lanes = fit_restarts(
             algo, init, data, weights, max_iter=max_iter, tol=tol, verbose=verbose
@@ -388,9 +400,11 @@ class MixtureModel(*_ESTIMATOR_BASES):
                 "appropriate arguments before using this estimator."
             )
 
-    def _fitted_rows(self, X: Any) -> Array:
+    def _fitted_rows(self, X: Any, allow_missing: bool = False) -> Array:
         self._check_fitted()
-        array = validation.check_data(X)
+        fitted_model = getattr(self, "model_", None)
+        allow_missing = allow_missing or getattr(fitted_model, "handles_missing", False)
+        array = validation.check_data(X, allow_missing=allow_missing)
         validation.check_num_features(array, self.n_features_in_, type(self).__name__)
         return jnp.asarray(array.astype(self.weights_.dtype, copy=False))
 
@@ -412,6 +426,16 @@ class MixtureModel(*_ESTIMATOR_BASES):
     def score_samples(self, X: Any) -> np.ndarray:
         """Log-density of each row under the mixture, shape ``(n_samples,)``."""
         return self._rows_output(X, "log_density")
+
+    def impute(self, X: Any) -> np.ndarray:
+        """``X`` with each NaN replaced by its conditional mean given the row's observed values.
+
+        Each component's conditional mean (for Gaussians ``E[x_m | x_o, k]``) is weighted by the
+        row's responsibilities, computed from its observed values; categorical codes get their
+        most probable level. ``X`` itself is not modified. See :func:`jaxem.missing.impute`.
+        """
+        x = self._fitted_rows(X, allow_missing=True)
+        return np.asarray(impute(self.model_, self.params_, x, self.chunk_size))
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-density of the rows of ``X``."""
@@ -495,7 +519,9 @@ class GaussianMixture(MixtureModel):
 
     The parameters mean what they mean in scikit-learn; in addition ``chunk_size`` bounds the
     rows processed at once, and ``accelerate="squarem"`` fits with SQUAREM (monotone; ``n_iter_``
-    then counts E-steps). ``init_params`` maps to :class:`jaxem.Gaussian`'s ``init_method``:
+    then counts E-steps), and ``missing="marginalize"`` fits data with NaN entries by exact EM for
+    incomplete data (see :class:`MixtureModel`). ``init_params`` maps to :class:`jaxem.Gaussian`'s
+    ``init_method``:
     ``"kmeans"`` (Lloyd's k-means from k-means++ seeds), ``"k-means++"``, ``"random"`` (random
     responsibilities) and ``"random_from_data"`` (random rows as means). The ``n_init`` restarts
     run in parallel; restart ``i`` with an integer ``random_state`` starts from
@@ -545,6 +571,7 @@ class GaussianMixture(MixtureModel):
         verbose_interval: int = 10,
         chunk_size: int | None = None,
         accelerate: str | None = None,
+        missing: str = "error",
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -562,6 +589,7 @@ class GaussianMixture(MixtureModel):
         self.verbose_interval = verbose_interval
         self.chunk_size = chunk_size
         self.accelerate = accelerate
+        self.missing = missing
 
     def _check_family_settings(
         self, num_samples: int, num_features: int, dtype: np.dtype

@@ -13,12 +13,17 @@ from typing import Any
 
 import numpy as np
 
+from jaxem.core.engine import check_missing
+
 # scikit-learn's tolerance on the sum of user-given weights.
 WEIGHTS_SUM_ATOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-8}
 
 
-def check_data(x: Any, name: str = "X") -> np.ndarray:
+def check_data(x: Any, name: str = "X", *, allow_missing: bool = False) -> np.ndarray:
     """``x`` as a finite, non-empty 2-D float array (float32 and float64 kept, others float64).
+
+    With ``allow_missing`` NaN marks a missing value and is kept, but a row with every value
+    missing is refused (see :func:`jaxem.core.engine.check_missing`).
 
     Example:
         >>> check_data([[1, 2], [3, 4]]).dtype
@@ -64,7 +69,9 @@ def check_data(x: Any, name: str = "X") -> np.ndarray:
             f"{name} has 0 feature(s) (shape={array.shape}) while a minimum of 1 is required: "
             "pass at least one column."
         )
-    if not np.all(np.isfinite(array)):
+    if allow_missing:
+        check_missing(array, name, check_columns=False)
+    elif not np.all(np.isfinite(array)):
         raise ValueError(
             f"{name} contains NaN or infinity: remove or impute those values before fitting "
             "(for instance with sklearn.impute.SimpleImputer)."

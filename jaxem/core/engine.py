@@ -262,12 +262,43 @@ def is_key(value: Any) -> bool:
     return value.dtype == np.uint32 and value.shape[-1:] == (2,)
 
 
-def prepare_data(x: Any, weights: Any = None) -> tuple[Any, Array | None]:
+def check_missing(array: np.ndarray, name: str = "x", *, check_columns: bool = True) -> None:
+    """Where NaN marks a missing value: raise ``ValueError`` for infinite values, rows with every
+    value missing and (with ``check_columns``) columns with every value missing.
+
+    Example:
+        >>> check_missing(np.array([[1.0, np.nan], [np.nan, 2.0]]))
+    """
+    if np.any(np.isinf(array)):
+        raise ValueError(
+            f"{name} contains infinity: only NaN marks a missing value; replace infinite values "
+            "with NaN or finite numbers."
+        )
+    missing = np.isnan(array).reshape(array.shape[0], -1)
+    empty_rows = np.flatnonzero(np.all(missing, axis=1))
+    if empty_rows.size:
+        raise ValueError(
+            f"{name} has {empty_rows.size} row(s) with every value missing (the first is row "
+            f"{empty_rows[0]}): such a row carries no information; drop it."
+        )
+    empty_columns = np.flatnonzero(np.all(missing, axis=0)) if check_columns else []
+    if len(empty_columns):
+        raise ValueError(
+            f"{name} has {len(empty_columns)} column(s) with every value missing (the first is "
+            f"column {empty_columns[0]}): nothing can be learnt about it; drop it before fitting."
+        )
+
+
+def prepare_data(
+    x: Any, weights: Any = None, *, allow_missing: bool = False
+) -> tuple[Any, Array | None]:
     """Convert data and weights to JAX arrays of one float dtype and check them.
 
     Float64 input while JAX's 64-bit mode is off is fitted in float32 and says so with a
     :class:`PrecisionWarning`; integer input becomes the default float type. Raises ``ValueError``
-    for non-finite values, empty data or bad weights.
+    for non-finite values, empty data or bad weights. With ``allow_missing`` (for a model whose
+    ``handles_missing`` is true) NaN marks a missing value and is kept, but see
+    :func:`check_missing`.
     """
     leaves = jax.tree.leaves(x)
     if not leaves:
@@ -290,7 +321,10 @@ def prepare_data(x: Any, weights: Any = None) -> tuple[Any, Array | None]:
     n = num_rows(x)
     if n == 0:
         raise ValueError("x has 0 rows: pass at least one data point.")
-    if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(x)):
+    if allow_missing:
+        for leaf in jax.tree.leaves(x):
+            check_missing(np.asarray(leaf))
+    elif not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(x)):
         raise ValueError("x contains NaN or infinity: remove or impute those values before fitting.")
     if weights is not None:
         dtype = jax.tree.leaves(x)[0].dtype
@@ -346,7 +380,8 @@ def fit(
         >>> int(result.status) in (1, 2)
         True
     """
-    x, weights = prepare_data(x, weights)
+    missing = getattr(algo.model, "handles_missing", False)
+    x, weights = prepare_data(x, weights, allow_missing=missing)
     _check_iterations(max_iter, tol)
     tol = float(tol)  # an int tol would trace as another dtype and compile the fit again
     algo = _resolve(algo, x)
@@ -401,7 +436,8 @@ def fit_restarts(
         >>> lanes.log_likelihood.shape
         (8,)
     """
-    x, weights = prepare_data(x, weights)
+    missing = getattr(algo.model, "handles_missing", False)
+    x, weights = prepare_data(x, weights, allow_missing=missing)
     _check_iterations(max_iter, tol)
     tol = float(tol)  # an int tol would trace as another dtype and compile the fit again
     if is_key(init):

@@ -69,6 +69,11 @@ class Mixture:
     def num_components(self) -> int:
         return self.components.num_components
 
+    @property
+    def handles_missing(self) -> bool:
+        """Whether the components marginalise NaN entries (see :mod:`jaxem.missing`)."""
+        return bool(getattr(self.components, "handles_missing", False))
+
     def init(self, key: Array, x: Any, weights: Array | None) -> MixtureParams:
         comp = self.components.init(key, x, weights)
         leaves = jax.tree.leaves(comp)
