@@ -66,6 +66,13 @@ class GaussianParts(Gaussian):
     update_means: bool = True
     update_covariances: bool = True
 
+    def init(self, key: Array, x: Array, weights: Array | None) -> GaussianParams:
+        # The first parameters are estimated in full, whatever the later M-steps keep fixed.
+        plain = Gaussian(
+            self.num_components, self.covariance_type, self.reg_covar, self.init_method
+        )
+        return plain.init(key, x, weights)
+
     def m_step(self, params: GaussianParams, stats: GaussianStats) -> GaussianParams:
         if not self.update_means:
             stats = stats._replace(first=jnp.zeros_like(stats.first))

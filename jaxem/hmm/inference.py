@@ -205,7 +205,7 @@ def viterbi(
     Example:
         >>> import jax.numpy as jnp
         >>> log_a = jnp.log(jnp.array([[0.9, 0.1], [0.2, 0.8]]))
-        >>> log_e = jnp.log(jnp.array([[0.7, 0.1], [0.6, 0.2], [0.1, 0.9]]))
+        >>> log_e = jnp.log(jnp.array([[0.7, 0.1], [0.6, 0.2], [0.05, 0.9]]))
         >>> path, _ = viterbi(jnp.log(jnp.array([0.5, 0.5])), log_a, log_e, 3)
         >>> path.tolist()
         [0, 0, 1]
