@@ -24,6 +24,7 @@ from jaxem.core import (
 from jaxem.core.bound import BoundTrace, trace_bound
 from jaxem.core.engine import ConvergenceWarning
 from jaxem.core.prune import fit_restarts_pruned
+from jaxem.hmm import HiddenMarkovModel, HMMParams, Sequences, pad_sequences
 from jaxem.labels import Labelled
 from jaxem.models import (
     Bernoulli,
@@ -45,6 +46,7 @@ __all__ = [
     "Bernoulli",
     "BoundTrace",
     "Categorical",
+    "CategoricalHMM",
     "EM",
     "ClosedForm",
     "Components",
@@ -54,9 +56,13 @@ __all__ = [
     "FitResult",
     "Gradient",
     "Gaussian",
+    "GaussianHMM",
     "GaussianMixture",
     "GaussianParams",
     "GaussianPrior",
+    "HMM",
+    "HMMParams",
+    "HiddenMarkovModel",
     "Labelled",
     "LinearRegression",
     "Mixture",
@@ -67,9 +73,11 @@ __all__ = [
     "Multinomial",
     "Optimizer",
     "Poisson",
+    "PoissonHMM",
     "PrecisionWarning",
     "SemiSupervisedMixture",
     "Selection",
+    "Sequences",
     "Squarem",
     "Status",
     "StudentT",
@@ -85,6 +93,7 @@ __all__ = [
     "fit_restarts",
     "fit_restarts_pruned",
     "icl",
+    "pad_sequences",
     "parallel",
     "select",
     "streaming",
@@ -98,4 +107,8 @@ def __getattr__(name: str):
         from jaxem import sklearn
 
         return getattr(sklearn, name)
+    if name in ("GaussianHMM", "CategoricalHMM", "PoissonHMM", "HMM"):
+        from jaxem.hmm import estimators
+
+        return getattr(estimators, name)
     raise AttributeError(f"module 'jaxem' has no attribute {name!r}")

@@ -1,13 +1,5 @@
 """Hidden Markov models on the EM engine: the model, inference in one chain, and estimators."""
 
-from jaxem.hmm.estimators import (
-    HMM,
-    CategoricalHMM,
-    ConvergenceMonitor,
-    GaussianHMM,
-    GaussianParts,
-    PoissonHMM,
-)
 from jaxem.hmm.inference import Smoothed, forward_backward, sample_states, viterbi
 from jaxem.hmm.model import (
     HiddenMarkovModel,
@@ -19,16 +11,25 @@ from jaxem.hmm.model import (
     unpad,
 )
 
-__all__ = [
+_ESTIMATORS = (
     "HMM",
     "CategoricalHMM",
     "ConvergenceMonitor",
     "GaussianHMM",
     "GaussianParts",
     "PoissonHMM",
+)
+
+__all__ = [
+    "HMM",
+    "CategoricalHMM",
+    "ConvergenceMonitor",
+    "GaussianHMM",
+    "GaussianParts",
     "HMMParams",
     "HMMStats",
     "HiddenMarkovModel",
+    "PoissonHMM",
     "Sequences",
     "Smoothed",
     "forward_backward",
@@ -38,3 +39,12 @@ __all__ = [
     "unpad",
     "viterbi",
 ]
+
+
+def __getattr__(name: str):
+    # The estimators import scikit-learn when it is installed: load them on first use only.
+    if name in _ESTIMATORS:
+        from jaxem.hmm import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'jaxem.hmm' has no attribute {name!r}")
