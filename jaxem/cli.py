@@ -206,12 +206,8 @@ def _chosen_summary(selection: Any, names: Sequence[str]) -> dict[str, Any]:
         "means": np.asarray(params.components.means).tolist(),
         "covariances": full_covariances(selection.model, params).tolist(),
         "log_likelihood": row.log_likelihood,
-        row_criterion(selection): getattr(row, selection.criterion),
+        selection.criterion: getattr(row, selection.criterion),
     }
-
-
-def row_criterion(selection: Any) -> str:
-    return selection.criterion
 
 
 def _print_chosen(selection: Any, names: Sequence[str]) -> None:
@@ -452,6 +448,13 @@ def _add_fit_options(parser: argparse.ArgumentParser, restarts: int) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
 
 
+def _add_input_arguments(parser: argparse.ArgumentParser, *, model: bool) -> None:
+    if model:
+        parser.add_argument("model", metavar="MODEL", help="a model saved by jaxem fit --out")
+    parser.add_argument("data", metavar="DATA", help="CSV (header detected), .npy or .parquet file")
+    parser.add_argument("--columns", help="comma-separated column names or indices to use")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="jaxem",
@@ -479,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read DATA (CSV with or without header, .npy, or Parquet), fit every K and "
         "covariance type with parallel restarts, print the table and the chosen fit.",
     )
-    fit_parser.add_argument("data", metavar="DATA", help="CSV, .npy or .parquet file")
+    _add_input_arguments(fit_parser, model=False)
     fit_parser.add_argument(
         "--model", choices=MODELS, default="gmm", help="model family (default %(default)s)"
     )
@@ -491,7 +494,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="full,tied,diag,spherical",
         help="covariance types, comma-separated (default %(default)s)",
     )
-    fit_parser.add_argument("--columns", help="comma-separated column names or indices to use")
     fit_parser.add_argument("--out", metavar="MODEL", help="save the chosen model to this file")
     fit_parser.add_argument("--plot", metavar="PNG", help="write a figure of the chosen fit")
     fit_parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -504,15 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print (or write) the most likely component of every row, or with --proba the "
         "probability of each component, as CSV.",
     )
-    predict_parser.add_argument("model", metavar="MODEL", help="a model saved by jaxem fit --out")
-    predict_parser.add_argument("data", metavar="DATA", help="CSV, .npy or .parquet file")
+    _add_input_arguments(predict_parser, model=True)
     predict_parser.add_argument(
         "--proba", action="store_true", help="component probabilities instead of labels"
     )
     predict_parser.add_argument(
         "--out", metavar="FILE", help="write the CSV here instead of stdout"
     )
-    predict_parser.add_argument("--columns", help="comma-separated column names or indices to use")
     predict_parser.set_defaults(handler=predict_command)
 
     score_parser = sub.add_parser(
@@ -520,9 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log-likelihood of DATA under a saved model",
         description="Print the mean and total log-likelihood of the rows of DATA.",
     )
-    score_parser.add_argument("model", metavar="MODEL", help="a model saved by jaxem fit --out")
-    score_parser.add_argument("data", metavar="DATA", help="CSV, .npy or .parquet file")
-    score_parser.add_argument("--columns", help="comma-separated column names or indices to use")
+    _add_input_arguments(score_parser, model=True)
     score_parser.set_defaults(handler=score_command)
 
     info_parser = sub.add_parser(

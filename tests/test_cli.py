@@ -195,6 +195,7 @@ def test_demo_as_a_fresh_process(tmp_path):
 
 @pytest.mark.timeout(240)
 def test_saved_model_predicts_scores_and_describes(faithful_csv, tmp_path, capsys):
+    pytest.importorskip("jaxem.io")
     model_file = tmp_path / "model.jaxem"
     grid = ["--components", "2", "--covariance", "full", "--restarts", "2"]
     code, out, err = run(["fit", faithful_csv, *grid, "--out", model_file], capsys)
