@@ -78,7 +78,7 @@ def test_shapes_are_at_the_stationary_point_of_the_likelihood(lanes, sample):
         params = best.params._replace(components=best.params.components._replace(shapes=shapes))
         return jnp.mean(jax.nn.logsumexp(model.log_joint(params, sample), axis=-1))
 
-    grad = jax.grad(objective)(best.params.components.shapes)
+    grad = jax.jit(jax.grad(objective))(best.params.components.shapes)
     assert float(jnp.max(jnp.abs(grad))) < 1e-4
 
 
