@@ -1,0 +1,84 @@
+"""Per-iteration cost of the gradient M-step against the closed form on the same Gaussian mixture.
+
+Both run from the same initial parameters on the same data in this process; the gradient path fits
+the family with its closed form hidden (``jaxem.testing.gradient_only``), so every block is found by
+L-BFGS (or Adam) on Q evaluated chunk by chunk. Prints seconds per EM iteration and the ratio, and
+writes benchmarks/results/gradient.json.
+
+dynamax is not compared: its gradient M-step (``fit_sgd``) exists only for its HMM and state-space
+models, not for a plain mixture, and it needs tensorflow-probability.
+
+    python benchmarks/gradient.py [--quick] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# The benchmarks folder goes last on the path: its module names must not shadow the standard
+# library's (benchmarks/select.py would hide `select`, which jax imports).
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
+sys.path.append(str(HERE))
+
+import jax  # noqa: E402
+import optax  # noqa: E402
+from common import base_parser, best_time, block, machine_info, print_table, write_json  # noqa: E402
+
+import jaxem  # noqa: E402
+from jaxem.testing import gradient_only  # noqa: E402
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=10, help="EM iterations per timed fit")
+    args = parser.parse_args()
+    n, d, k = (5_000, 3, 3) if args.quick else (50_000, 5, 4)
+    x = jax.random.normal(jax.random.key(0), (n, d), jax.numpy.float32)
+    x = x + 4.0 * jax.random.randint(jax.random.key(1), (n, 1), 0, k).astype(x.dtype)
+    family = jaxem.Gaussian(k, "full")
+    start = jaxem.Mixture(family).init(jax.random.key(2), x, None)
+    gradient_model = jaxem.Mixture(gradient_only(family))
+    cases = {
+        "closed form": jaxem.em(jaxem.Mixture(family)),
+        "gradient L-BFGS x5": jaxem.em(gradient_model, jaxem.Gradient(num_steps=5, tol=0.0)),
+        "gradient L-BFGS x20": jaxem.em(gradient_model, jaxem.Gradient(num_steps=20, tol=0.0)),
+        "gradient Adam x20": jaxem.em(
+            gradient_model,
+            jaxem.Gradient(optimizer=jaxem.Optimizer(optax.adam, 0.05), num_steps=20, tol=0.0),
+        ),
+    }
+    rows = []
+    base = None
+    for name, algo in cases.items():
+
+        def run(algo=algo):
+            return block(jaxem.fit(algo, start, x, max_iter=args.iters, tol=0.0))
+
+        run()  # compile
+        timing = best_time(run, repeat=args.repeat)
+        per_iter = timing.best / args.iters
+        base = per_iter if base is None else base
+        result = run()
+        rows.append(
+            {
+                "M-step": name,
+                "s/iter": per_iter,
+                "x closed form": per_iter / base,
+                "log-likelihood": float(result.log_likelihood),
+            }
+        )
+    print(f"N={n} D={d} K={k} float32, {args.iters} EM iterations per fit")
+    print_table(rows, ["M-step", "s/iter", "x closed form", "log-likelihood"])
+    path = write_json(
+        "gradient",
+        {"n": n, "d": d, "k": k, "iters": args.iters, "rows": rows, "machine": machine_info()},
+        args.out,
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
