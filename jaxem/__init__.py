@@ -1,6 +1,6 @@
 """jaxem: Expectation-Maximization on accelerators, built on JAX."""
 
-from jaxem import datasets, parallel, streaming
+from jaxem import datasets, io, parallel, streaming
 from jaxem.core import (
     EM,
     ClosedForm,
@@ -94,6 +94,7 @@ __all__ = [
     "fit_restarts_pruned",
     "icl",
     "pad_sequences",
+    "io",
     "parallel",
     "select",
     "streaming",
