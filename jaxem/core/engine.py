@@ -47,10 +47,12 @@ class FitResult(NamedTuple):
         params: the fitted parameters (the last finite ones if the fit went non-finite).
         log_likelihood: mean per-point log-likelihood (plus log prior / total weight: the
             log-posterior under MAP-EM) at ``params``; ``-inf`` for a non-finite fit.
-        num_iters: EM iterations run.
+        num_iters: EM iterations run (E-steps, i.e. passes over the data, under SQUAREM).
         status: a :class:`Status` code.
         history: the objective before each iteration's M-step, shape ``[max_iter]``, NaN after
-            ``num_iters``. ``history[i]`` is what scikit-learn records as the lower bound.
+            ``num_iters``. ``history[i]`` is what scikit-learn records as the lower bound. Under
+            SQUAREM, one entry per E-step; a rejected extrapolation records the objective that the
+            plain EM step taken instead is known to exceed, so the history never decreases.
     """
 
     params: Any
