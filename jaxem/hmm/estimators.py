@@ -137,6 +137,13 @@ class _BaseHMM(*_ESTIMATOR_BASES):
 
     # ---- configuration -------------------------------------------------------------------------
 
+    def _observations(self, X: Any) -> np.ndarray:
+        """Checked observations; integer codes or counts become JAX's default float type, so
+        they are never reported as float64 input that 32-bit mode must downcast."""
+        integer = np.issubdtype(np.asarray(X).dtype, np.integer)
+        X = self._check_observations(X)
+        return X.astype(jnp.result_type(float)) if integer else X
+
     def _needs_init(self, letter: str, attribute: str) -> bool:
         return letter in self.init_params or not hasattr(self, attribute)
 
@@ -200,7 +207,7 @@ class _BaseHMM(*_ESTIMATOR_BASES):
             lengths: the length of each sequence (default: one sequence).
         """
         self._check_settings()
-        X = self._check_observations(X)
+        X = self._observations(X)
         data = pad_sequences(X, lengths)
         if self.n_components > X.shape[0]:
             raise ValueError(
@@ -258,15 +265,18 @@ class _BaseHMM(*_ESTIMATOR_BASES):
 
     # ---- inference -----------------------------------------------------------------------------
 
-    def _current(self, X: Any, lengths: Any) -> tuple[HiddenMarkovModel, HMMParams, Sequences]:
-        """The model and parameters (from the attributes, which users may have changed) and
-        ``X`` as padded sequences."""
+    def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise NotFittedError(
                 f"This {type(self).__name__} instance is not fitted yet: call 'fit' with "
                 "appropriate arguments before using this estimator."
             )
-        X = self._check_observations(X)
+
+    def _current(self, X: Any, lengths: Any) -> tuple[HiddenMarkovModel, HMMParams, Sequences]:
+        """The model and parameters (from the attributes, which users may have changed) and
+        ``X`` as padded sequences."""
+        self._check_fitted()
+        X = self._observations(X)
         validation.check_num_features(X, self.n_features_in_, type(self).__name__)
         data, _ = prepare_data(pad_sequences(X, lengths))
         dtype = np.dtype(jax.tree.leaves(data.observations)[0].dtype)
@@ -325,11 +335,7 @@ class _BaseHMM(*_ESTIMATOR_BASES):
         estimator's).
         """
         validation.check_int("n_samples", n_samples, 1)
-        if not hasattr(self, "model_"):
-            raise NotFittedError(
-                f"This {type(self).__name__} instance is not fitted yet: call 'fit' with "
-                "appropriate arguments before using this estimator."
-            )
+        self._check_fitted()
         family = self.model_.emissions
         if not callable(getattr(family, "sample", None)):
             raise NotImplementedError(
