@@ -15,6 +15,7 @@ from jaxem.hmm import (
     pad_sequences,
     sequences_from_mask,
 )
+from jaxem.hmm.emissions import MixtureEmissionParams, MixtureEmissions
 
 LENGTHS = [30, 50, 20]
 K, D = 3, 2
@@ -252,3 +253,28 @@ def test_bad_configuration_and_data_are_rejected():
         pad_sequences(np.zeros((6, 1)), [2, 3])
     with pytest.raises(ValueError, match="ones \\(real steps\\) followed by zeros"):
         sequences_from_mask(np.zeros((1, 3, 1)), [[1, 0, 1]])
+
+
+@pytest.mark.timeout(120)
+def test_gaussian_mixture_emissions():
+    _, data = gaussian_data(8)
+    plain = HiddenMarkovModel(jaxem.Gaussian(K, "diag"))
+    single = HiddenMarkovModel(MixtureEmissions(jaxem.Gaussian(K, "diag"), num_mixture=1))
+    params = jax.jit(plain.init)(jax.random.key(0), data, None)
+    wrapped = params._replace(emissions=MixtureEmissionParams(jnp.ones((K, 1)), params.emissions))
+    # One mixture component per state is the plain Gaussian HMM.
+    new_plain, ll_plain = jax.jit(jaxem.em(plain).step)(params, data, None)
+    new_single, ll_single = jax.jit(jaxem.em(single).step)(wrapped, data, None)
+    np.testing.assert_allclose(ll_single, ll_plain, rtol=1e-12)
+    np.testing.assert_allclose(new_single.transition, new_plain.transition, atol=1e-12)
+    np.testing.assert_allclose(
+        new_single.emissions.components.means, new_plain.emissions.means, atol=1e-12
+    )
+
+    two = HiddenMarkovModel(MixtureEmissions(jaxem.Gaussian(2 * 2, "diag"), num_mixture=2))
+    result = jaxem.fit(jaxem.em(two), jax.random.key(1), data, max_iter=15, tol=0.0)
+    history = np.asarray(result.history)[: int(result.num_iters)]
+    assert np.all(np.diff(history) >= -1e-10 * np.abs(history[1:]))
+    np.testing.assert_allclose(result.params.emissions.weights.sum(axis=1), 1.0, atol=1e-12)
+    with pytest.raises(ValueError, match="num_mixture must be a positive integer dividing"):
+        MixtureEmissions(jaxem.Gaussian(5), num_mixture=2)

@@ -1,5 +1,6 @@
 """Hidden Markov models on the EM engine: the model, inference in one chain, and estimators."""
 
+from jaxem.hmm.emissions import MixtureEmissionParams, MixtureEmissions
 from jaxem.hmm.inference import Smoothed, forward_backward, sample_states, viterbi
 from jaxem.hmm.model import (
     HiddenMarkovModel,
@@ -29,6 +30,8 @@ __all__ = [
     "HMMParams",
     "HMMStats",
     "HiddenMarkovModel",
+    "MixtureEmissionParams",
+    "MixtureEmissions",
     "PoissonHMM",
     "Sequences",
     "Smoothed",
