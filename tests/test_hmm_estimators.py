@@ -104,6 +104,7 @@ def test_poisson_hmm_equals_hmmlearn():
     np.testing.assert_array_equal(ours.predict(x, LENGTHS), ref.predict(x, LENGTHS))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_restarts_generic_estimator_sampling_and_parallel_inference():
     rng = np.random.default_rng(3)

@@ -74,6 +74,7 @@ def test_per_iteration_log_likelihood_equals_hmmlearn(covariance_type):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_log_likelihood_never_decreases_and_map_objective_too():
     _, data = gaussian_data(2)
@@ -133,6 +134,7 @@ def test_parameters_are_recovered_from_synthetic_data():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_restart_lane_equals_single_fit():
     _, data = gaussian_data(3)
@@ -213,6 +215,7 @@ def test_priors_and_frozen_parts_in_the_m_step():
     assert not np.allclose(kept.emissions.means, params.emissions.means)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("family", "make_data"),
