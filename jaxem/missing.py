@@ -267,7 +267,7 @@ class MissingGaussian(MissingValues):
         cov = self.components.covariances(params)
         row = partial(self._conditional_row, params, cov, moments=False)
         batch = self._row_batch(x0.shape[-1])
-        return lax.map(lambda args: row(*args), (x0, observed), batch_size=batch)
+        return _map_rows(lambda args: row(*args), (x0, observed), batch)
 
     def log_prob_chunk(self, params: GaussianParams, x: Array) -> Array:
         observed = observed_mask(x)
@@ -317,7 +317,7 @@ class MissingGaussian(MissingValues):
         cov = self.components.covariances(params)
         row = partial(self._conditional_row, params, cov, moments=True)
         batch = self._row_batch(x.shape[-1])
-        return lax.map(lambda args: row(*args)[1], (x0, observed), batch_size=batch)
+        return _map_rows(lambda args: row(*args)[1], (x0, observed), batch)
 
     def impute_chunk(self, params: GaussianParams, x: Array, resp: Array) -> Array:
         x_hat = jnp.einsum("ck,ckd->cd", resp, self.conditional_means(params, x))
@@ -347,6 +347,13 @@ class MissingCodes(MissingValues):
         predictive = jnp.einsum("ck,kdl->cdl", resp, params.probs)
         mode = jnp.argmax(predictive, axis=-1).astype(x.dtype)
         return jnp.where(observed_mask(x), x, mode)
+
+
+def _map_rows(fn: Any, args: Any, batch_size: int) -> Any:
+    """``lax.map(fn, args, batch_size=...)``, or one ``vmap`` when every row fits in one batch."""
+    if jax.tree.leaves(args)[0].shape[0] <= batch_size:
+        return jax.vmap(fn)(args)
+    return lax.map(fn, args, batch_size=batch_size)
 
 
 def _feature_view(tree: Any) -> Any:
@@ -425,7 +432,7 @@ def _impute(model: Mixture, params: MixtureParams, x: Array, batch_size: int) ->
         log_resp, _ = model.log_resp(params, xc)
         return model.components.impute_chunk(params.components, xc, jnp.exp(log_resp))
 
-    return lax.map(lambda x_one: rows(x_one[None])[0], x, batch_size=batch_size)
+    return _map_rows(lambda x_one: rows(x_one[None])[0], x, batch_size)
 
 
 def impute(model: Mixture, params: MixtureParams, x: Any, batch_size: int | None = None) -> Array:
