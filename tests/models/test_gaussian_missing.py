@@ -89,7 +89,7 @@ def assert_trees_close(a, b, atol):
         np.testing.assert_allclose(np.asarray(leaf_a), np.asarray(leaf_b), rtol=0, atol=atol)
 
 
-# ---- no missing value: the complete-data fit -------------------------------------------------------
+# ---- no missing value: the complete-data fit -----------------------------------------------------
 
 
 @pytest.mark.timeout(120)
@@ -117,7 +117,7 @@ def test_estimator_without_nan_equals_the_default_estimator():
     np.testing.assert_allclose(marginal.score_samples(x), plain.score_samples(x), atol=1e-12)
 
 
-# ---- the E-step against brute force ------------------------------------------------------------------
+# ---- the E-step against brute force --------------------------------------------------------------
 
 
 @pytest.mark.timeout(120)
@@ -176,7 +176,7 @@ def test_impute_fills_responsibility_weighted_conditional_means():
     np.testing.assert_allclose(impute(gm.model_, gm.params_, x, batch_size=7), filled, atol=1e-12)
 
 
-# ---- EM with NaN: monotone, restarts, chunks ------------------------------------------------------------
+# ---- EM with NaN: monotone, restarts, chunks -----------------------------------------------------
 
 
 @pytest.mark.timeout(180)
@@ -218,7 +218,7 @@ def test_chunked_and_row_batched_equals_whole_with_nan(monkeypatch):
     assert_trees_close(chunked.params, whole.params, atol=1e-10)
 
 
-# ---- recovery: better than mean imputation -------------------------------------------------------------
+# ---- recovery: better than mean imputation -------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -257,7 +257,7 @@ def test_twenty_percent_missing_beats_mean_imputation():
     assert marginal_errors[1] < complete_errors[1] + 0.5
 
 
-# ---- errors -----------------------------------------------------------------------------------------------
+# ---- errors --------------------------------------------------------------------------------------
 
 
 @pytest.mark.timeout(60)
