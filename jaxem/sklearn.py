@@ -210,7 +210,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
                 f"{type(self.components).__name__}."
             )
         validation.check_num_components(self.components.num_components, num_samples)
-        validation.check_real("weight_concentration", self.weight_concentration, 0.0, strict=True)
+        validation.check_real("weight_concentration", self.weight_concentration, 1.0)
         return None
 
     def _build_model(self, num_features: int) -> Mixture:

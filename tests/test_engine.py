@@ -301,3 +301,8 @@ def test_bad_input_is_a_clear_error(call, message):
     algo = jaxem.em(jaxem.Mixture(jaxem.Gaussian(2)))
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         call(algo, two_blobs(13))
+
+
+def test_dirichlet_concentration_below_one_is_refused():
+    with pytest.raises(ValueError, match=r"weight_concentration must be >= 1, got 0.5"):
+        jaxem.Mixture(jaxem.Gaussian(2), weight_concentration=0.5)

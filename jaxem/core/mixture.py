@@ -50,8 +50,9 @@ class Mixture:
 
     Args:
         components: the component family (a :class:`Components`).
-        weight_concentration: concentration ``alpha`` of a symmetric Dirichlet prior on the weights;
-            ``1.0`` (the default) is a flat prior, i.e. maximum likelihood.
+        weight_concentration: concentration ``alpha >= 1`` of a symmetric Dirichlet prior on the
+            weights; ``1.0`` (the default) is a flat prior, i.e. maximum likelihood. Below 1 the
+            posterior is unbounded at the simplex's edge, so no MAP estimate exists.
 
     Example:
         >>> import jax, jaxem
@@ -64,6 +65,13 @@ class Mixture:
 
     components: Components
     weight_concentration: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.weight_concentration >= 1.0:
+            raise ValueError(
+                f"weight_concentration must be >= 1, got {self.weight_concentration!r}: below 1 the "
+                "Dirichlet posterior has no maximum (it grows without bound as a weight goes to 0)."
+            )
 
     @property
     def num_components(self) -> int:
@@ -115,10 +123,7 @@ class Mixture:
 
     def m_step_weights(self, counts: Array) -> Array:
         alpha = self.weight_concentration
-        if alpha == 1.0:
-            return counts / jnp.sum(counts)
-        # MAP under Dirichlet(alpha): clipping keeps a weight at 0 (never negative) when alpha < 1.
-        raw = jnp.maximum(counts + (alpha - 1.0), 0.0)
+        raw = counts + (alpha - 1.0)
         return raw / jnp.sum(raw)
 
     def m_step(self, params: MixtureParams, stats: MixtureStats) -> MixtureParams:
