@@ -97,20 +97,28 @@ class Gaussian(ConjugateComponents):
 
     # ---- densities -------------------------------------------------------------------------------
 
-    def _whitened(self, params: GaussianParams, x: Array) -> tuple[Array, Array]:
-        """``z = x - mean_k`` ``[C, K, D]`` and its whitened form ``y`` with ``|y|^2`` the Mahalanobis
-        distance."""
-        z = x[:, None, :] - params.means[None, :, :]
-        u = params.precision_cholesky
-        if self.covariance_type == "full":
-            y = jnp.einsum("ckd,kde->cke", z, u)
-        elif self.covariance_type == "tied":
-            y = jnp.einsum("ckd,de->cke", z, u)
-        elif self.covariance_type == "diag":
-            y = z * u[None]
-        else:
-            y = z * u[None, :, None]
-        return z, y
+    def _whitened(self, params: GaussianParams, x: Array) -> Array:
+        """``y = (x - mean_k) U_k`` ``[C, K, D]``, so that ``|y|^2`` is the Mahalanobis distance.
+
+        For full covariances this is one ``[C, D] x [D, K D]`` matrix product of the data moved to
+        the first mean, minus a per-component constant: the shift keeps float32 exact on data far
+        from the origin, the single product runs at matmul speed.
+        """
+        means, u = params.means, params.precision_cholesky
+        k, d = means.shape
+        if self.covariance_type in ("full", "tied"):
+            # One of the means itself, not their average: x - shift and mean_k - shift are then
+            # exact in float32 far from the origin, and XLA cannot round a computed shift
+            # differently in the two places it is used.
+            shift = means[0]
+            moved = x - shift
+            if self.covariance_type == "full":
+                stacked = jnp.transpose(u, (1, 0, 2)).reshape(d, k * d)
+                offsets = jnp.einsum("kd,kde->ke", means - shift, u)
+                return (moved @ stacked).reshape(-1, k, d) - offsets
+            return (moved @ u)[:, None, :] - (means - shift) @ u
+        z = x[:, None, :] - means[None, :, :]
+        return z * (u[None] if self.covariance_type == "diag" else u[None, :, None])
 
     def log_det_precision_cholesky(self, params: GaussianParams) -> Array:
         """``log det U_k`` per component, shape ``[K]``."""
@@ -125,9 +133,10 @@ class Gaussian(ConjugateComponents):
         return d * jnp.log(u)
 
     def log_prob_chunk(self, params: GaussianParams, x: Array) -> Array:
-        _, y = self._whitened(params, x)
+        y = self._whitened(params, x)
         d = x.shape[-1]
-        return -0.5 * (d * math.log(2 * math.pi) + jnp.sum(y * y, axis=-1)) + self.log_det_precision_cholesky(params)
+        log_det = self.log_det_precision_cholesky(params)
+        return -0.5 * (d * math.log(2 * math.pi) + jnp.sum(y * y, axis=-1)) + log_det
 
     def log_prob(self, params: GaussianParams, x_one: Array) -> Array:
         return self.log_prob_chunk(params, x_one[None])[0]
@@ -137,11 +146,20 @@ class Gaussian(ConjugateComponents):
     def chunk_stats(self, params: GaussianParams, x: Array, resp: Array) -> GaussianStats:
         z = x[:, None, :] - params.means[None, :, :]
         rz = resp[:, :, None] * z
+        first = jnp.sum(rz, axis=0)
         if self.covariance_type in ("full", "tied"):
-            second = jnp.einsum("ckd,cke->kde", rz, z)
+            # sum r z z^T about each component's old mean, as one [K D, C] x [C, D] product: with
+            # x - mean_k = moved - offset_k, sum r z z^T = sum r z moved^T - first offset_k^T. The
+            # cancellation is only linear in (spread of the means) / (component width).
+            k, d = params.means.shape
+            shift = params.means[0]
+            moved = x - shift
+            cross = (rz.reshape(-1, k * d).T @ moved).reshape(k, d, d)
+            second = cross - first[:, :, None] * (params.means - shift)[:, None, :]
+            second = 0.5 * (second + jnp.swapaxes(second, -1, -2))
         else:
             second = jnp.sum(rz * z, axis=0)
-        return GaussianStats(jnp.sum(resp, axis=0), jnp.sum(rz, axis=0), second)
+        return GaussianStats(jnp.sum(resp, axis=0), first, second)
 
     def suff_stats(self, params: GaussianParams, x_one: Array, resp: Array) -> GaussianStats:
         return self.chunk_stats(params, x_one[None], resp[None])
