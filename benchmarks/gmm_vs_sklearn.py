@@ -29,17 +29,18 @@ import sys
 import time
 import warnings
 
+# benchmarks/select.py shadows the standard library's select (which JAX needs through subprocess)
+# while this folder leads sys.path: load the real one first, then put the folder back for common.
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+import select  # noqa: E402, F401
+
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # common.py, and jaxem without installing it
 os.environ.setdefault("JAX_ENABLE_X64", "1")
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [HERE, os.path.dirname(HERE)]  # common.py, and jaxem without installing it
-
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 from common import (  # noqa: E402
     base_parser,
     best_time,
@@ -51,6 +52,8 @@ from common import (  # noqa: E402
     print_table,
     write_json,
 )
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.mixture import GaussianMixture  # noqa: E402
 
 import jaxem  # noqa: E402
 
