@@ -26,6 +26,7 @@ from jaxem.core.engine import ConvergenceWarning
 from jaxem.core.prune import fit_restarts_pruned
 from jaxem.hmm import HiddenMarkovModel, HMMParams, Sequences, pad_sequences
 from jaxem.labels import Labelled
+from jaxem.missing import MissingValues
 from jaxem.models import (
     Bernoulli,
     Categorical,
@@ -65,6 +66,7 @@ __all__ = [
     "HiddenMarkovModel",
     "Labelled",
     "LinearRegression",
+    "MissingValues",
     "Mixture",
     "MixtureModel",
     "MixtureParams",
