@@ -46,6 +46,7 @@ _BUILTIN_MODULES = (
     "jaxem.labels",
     "jaxem.missing",
     "jaxem.hmm",
+    "jaxem.hmm.estimators",
     "jaxem.sklearn",
 )
 _builtins_loaded = False
@@ -295,7 +296,8 @@ def save(path: str | os.PathLike, obj: Any, params: Any = None) -> None:
             )
         kind, name = "estimator", encode.registered(type(obj), type(obj).__name__)
         constructor = obj.get_params(deep=False)
-        fitted = {k: v for k, v in vars(obj).items() if k.endswith("_") and not k.startswith("_")}
+        # scikit-learn's convention: fitted state ends with "_" (hmmlearn keeps some as "_covars_").
+        fitted = {k: v for k, v in vars(obj).items() if k.endswith("_") and not k.startswith("__")}
         content = {
             "params": {k: encode(v, f"{type(obj).__name__}.{k}") for k, v in constructor.items()},
             "fitted": {k: encode(v, f"{type(obj).__name__}.{k}") for k, v in fitted.items()},

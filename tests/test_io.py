@@ -311,3 +311,17 @@ def test_unsavable_values_are_named(tmp_path, fitted_result):
         jio.load(tmp_path / "n.npz", kind="model")
     assert str(info.value) == "Unknown kind 'model': use 'result', 'estimator' or None."
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_hmm_estimator_round_trips(tmp_path):
+    from jaxem.hmm.estimators import GaussianHMM
+
+    x = data(30)
+    lengths = [40, 20]
+    hmm = GaussianHMM(2, n_iter=3, random_state=0).fit(x, lengths)
+    jio.save(tmp_path / "hmm.npz", hmm)
+    back = jio.load_estimator(tmp_path / "hmm.npz", GaussianHMM)
+    assert type(back) is GaussianHMM and back.get_params() == hmm.get_params()
+    np.testing.assert_array_equal(back.predict(x, lengths), hmm.predict(x, lengths))
+    assert back.score(x, lengths) == hmm.score(x, lengths)
