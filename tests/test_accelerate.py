@@ -235,3 +235,23 @@ def test_estimator_accelerate_parameter():
     assert fast.score(x) == pytest.approx(plain.score(x), rel=1e-6)
     with pytest.raises(ValueError, match=r"^Unknown accelerate 'fast': use None \(plain EM\)"):
         jaxem.GaussianMixture(2, accelerate="fast").fit(x)
+
+
+@pytest.mark.slow
+def test_gradient_m_step_is_accelerated_and_stays_monotone():
+    from jaxem.testing import gradient_only
+
+    x = overlapping_blobs()
+    family = jaxem.Gaussian(2, "diag")
+    closed = fitted(None, x, "diag", tol=1e-12)
+
+    def gradient_fit(accelerate):
+        model = jaxem.Mixture(gradient_only(family))
+        algo = jaxem.em(model, jaxem.Gradient(num_steps=20), accelerate=accelerate)
+        return jaxem.fit(algo, jax.random.key(0), x, tol=1e-9, max_iter=MAX_ITER)
+
+    plain, fast = gradient_fit(None), gradient_fit("squarem")
+    assert int(fast.status) == jaxem.Status.CONVERGED
+    assert np.all(np.diff(recorded(fast)) >= -1e-13)
+    assert int(fast.num_iters) * 2 < int(plain.num_iters)
+    assert float(fast.log_likelihood) == pytest.approx(float(closed.log_likelihood), rel=1e-8)
