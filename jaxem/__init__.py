@@ -37,13 +37,23 @@ from jaxem.models import (
     Multinomial,
     Poisson,
 )
+from jaxem.models.gamma import Gamma, GammaParams
 from jaxem.models.gaussian_prior import GaussianPrior, default_prior
+from jaxem.models.glm import GatedMixture, LogisticRegression, PoissonRegression
 from jaxem.models.student_t import StudentT, StudentTParams
+from jaxem.models.von_mises_fisher import VonMisesFisher, VonMisesFisherParams
 from jaxem.select import Selection, aic, bic, icl, select
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Gamma",
+    "GammaParams",
+    "GatedMixture",
+    "LogisticRegression",
+    "PoissonRegression",
+    "VonMisesFisher",
+    "VonMisesFisherParams",
     "Bernoulli",
     "BoundTrace",
     "Categorical",
