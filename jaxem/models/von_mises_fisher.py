@@ -77,8 +77,8 @@ def log_bessel_iv(order: float, x: Array) -> Array:
 
     Example:
         >>> import jax.numpy as jnp
-        >>> round(float(log_bessel_iv(1.5, jnp.asarray(1000.0))), 6)
-        995.586131
+        >>> round(float(log_bessel_iv(1.5, jnp.asarray(1000.0))), 2)
+        995.63
     """
     order = float(order)
     if order < 0:
