@@ -56,6 +56,33 @@ def _upper_cholesky_of_inverse(cov: Array) -> Array:
     return jnp.swapaxes(solve_triangular(lower, eye, lower=True), -1, -2)
 
 
+def _chunk_shift(x: Array) -> Array:
+    """The mean of a chunk's finite rows: a centre close to the data that depends on no parameter.
+
+    Quadratic forms are evaluated about it (x - shift is then small and exact in float32 far from
+    the origin), and under ``vmap`` over restarts it is shared by every lane, so the products with
+    the data stay single unbatched matrix products. Non-finite rows (padding with weight 0) are
+    left out so that they cannot spread to the other rows of the chunk.
+    """
+    finite = jnp.all(jnp.isfinite(x), axis=-1, keepdims=True)
+    count = jnp.maximum(jnp.sum(finite), 1).astype(x.dtype)
+    return jnp.sum(jnp.where(finite, x, 0), axis=0) / count
+
+
+def _features(moved: Array, full: bool) -> Array:
+    """Quadratic and linear features of ``moved = x - shift`` ``[C, F]``.
+
+    Full: ``moved moved^T`` flattened, then ``moved`` (``F = D^2 + D``; the whole outer product
+    rather than its upper triangle, because gathering the triangle's columns costs more than the
+    product saves); diagonal: ``moved^2`` then ``moved`` (``F = 2 D``).
+    """
+    if full:
+        quadratic = (moved[:, :, None] * moved[:, None, :]).reshape(moved.shape[0], -1)
+    else:
+        quadratic = moved * moved
+    return jnp.concatenate([quadratic, moved], axis=-1)
+
+
 @dataclass(frozen=True)
 class Gaussian(ConjugateComponents):
     """K multivariate Gaussians.
@@ -85,7 +112,9 @@ class Gaussian(ConjugateComponents):
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_components, int) or self.num_components < 1:
-            raise ValueError(f"num_components must be a positive integer, got {self.num_components!r}.")
+            raise ValueError(
+                f"num_components must be a positive integer, got {self.num_components!r}."
+            )
         if self.covariance_type not in COVARIANCE_TYPES:
             raise ValueError(
                 f"Unknown covariance_type {self.covariance_type!r}: use one of {', '.join(COVARIANCE_TYPES)}."
@@ -93,32 +122,47 @@ class Gaussian(ConjugateComponents):
         if not self.reg_covar >= 0:
             raise ValueError(f"reg_covar must be non-negative, got {self.reg_covar!r}.")
         if self.init_method not in INIT_METHODS:
-            raise ValueError(f"Unknown init_method {self.init_method!r}: use one of {', '.join(INIT_METHODS)}.")
+            raise ValueError(
+                f"Unknown init_method {self.init_method!r}: use one of {', '.join(INIT_METHODS)}."
+            )
 
     # ---- densities -------------------------------------------------------------------------------
 
-    def _whitened(self, params: GaussianParams, x: Array) -> Array:
-        """``y = (x - mean_k) U_k`` ``[C, K, D]``, so that ``|y|^2`` is the Mahalanobis distance.
+    def _whitened(self, params: GaussianParams, moved: Array, shift: Array) -> Array:
+        """``y = (x - mean_k) U_k`` ``[C, K, D]`` from ``moved = x - shift``: ``|y|^2`` is the
+        Mahalanobis distance.
 
-        For full covariances this is one ``[C, D] x [D, K D]`` matrix product of the data moved to
-        the first mean, minus a per-component constant: the shift keeps float32 exact on data far
-        from the origin, the single product runs at matmul speed.
+        For full covariances this is one ``[C, D] x [D, K D]`` matrix product minus a per-component
+        constant. ``shift`` does not depend on the parameters, so under ``vmap`` over restarts the
+        data operand is shared and the product is one large matrix product over every lane.
         """
         means, u = params.means, params.precision_cholesky
         k, d = means.shape
-        if self.covariance_type in ("full", "tied"):
-            # One of the means itself, not their average: x - shift and mean_k - shift are then
-            # exact in float32 far from the origin, and XLA cannot round a computed shift
-            # differently in the two places it is used.
-            shift = means[0]
-            moved = x - shift
-            if self.covariance_type == "full":
-                stacked = jnp.transpose(u, (1, 0, 2)).reshape(d, k * d)
-                offsets = jnp.einsum("kd,kde->ke", means - shift, u)
-                return (moved @ stacked).reshape(-1, k, d) - offsets
+        if self.covariance_type == "full":
+            stacked = jnp.transpose(u, (1, 0, 2)).reshape(d, k * d)
+            offsets = jnp.einsum("kd,kde->ke", means - shift, u)
+            return (moved @ stacked).reshape(-1, k, d) - offsets
+        if self.covariance_type == "tied":
             return (moved @ u)[:, None, :] - (means - shift) @ u
-        z = x[:, None, :] - means[None, :, :]
+        z = moved[:, None, :] - (means - shift)[None, :, :]
         return z * (u[None] if self.covariance_type == "diag" else u[None, :, None])
+
+    def _expanded(self, dtype: Any, for_stats: bool) -> bool:
+        """Whether to evaluate the quadratic forms by their expansion about the chunk's shift.
+
+        The expansion turns the E-step and the statistics into products with shared data features,
+        but it cancels terms of size ``|x - shift|^2 / variance``: its error is ``eps`` times that
+        ratio. In the log-densities of float64 data that is far below anything that matters. Full
+        and tied statistics (and float32 full/tied densities) keep the difference-then-product
+        form, whose error is only linear in that ratio, still one product with the shared data.
+        Diagonal families always expand: their alternative is elementwise work over ``[C, K, D]``,
+        slower than scikit-learn (which expands about the origin).
+        """
+        if self.covariance_type in ("diag", "spherical"):
+            return True
+        if for_stats or self.covariance_type == "tied":
+            return False  # tied: one shared [C, D] x [D, D] product is cheaper than features
+        return jnp.dtype(dtype) == jnp.float64
 
     def log_det_precision_cholesky(self, params: GaussianParams) -> Array:
         """``log det U_k`` per component, shape ``[K]``."""
@@ -133,10 +177,40 @@ class Gaussian(ConjugateComponents):
         return d * jnp.log(u)
 
     def log_prob_chunk(self, params: GaussianParams, x: Array) -> Array:
-        y = self._whitened(params, x)
         d = x.shape[-1]
+        shift = _chunk_shift(x)
+        moved = x - shift
         log_det = self.log_det_precision_cholesky(params)
-        return -0.5 * (d * math.log(2 * math.pi) + jnp.sum(y * y, axis=-1)) + log_det
+        constant = log_det - 0.5 * d * math.log(2 * math.pi)
+        if not self._expanded(x.dtype, for_stats=False):
+            y = self._whitened(params, moved, shift)
+            return constant - 0.5 * jnp.sum(y * y, axis=-1)
+        # -|x - mu|^2_P / 2 = phi(x - s) . w_k + c_k: one [C, F] x [F, K] product.
+        coefficients, offset = self._expansion_coefficients(params, shift)
+        return _features(moved, self._full_features) @ coefficients.T + (constant + offset)
+
+    @property
+    def _full_features(self) -> bool:
+        return self.covariance_type in ("full", "tied")
+
+    def _expansion_coefficients(self, params: GaussianParams, shift: Array) -> tuple[Array, Array]:
+        """``w_k [K, F]`` and ``c_k [K]`` with ``-|x - mu_k|^2_P / 2 = phi(x - s) . w_k + c_k``."""
+        means, u = params.means, params.precision_cholesky
+        k, d = means.shape
+        centred = means - shift
+        if self._full_features:
+            u = jnp.broadcast_to(u, (k, d, d))
+            projected = jnp.einsum("kd,kde->ke", centred, u)
+            quadratic = -0.5 * (u @ jnp.swapaxes(u, -1, -2)).reshape(k, d * d)
+            linear = jnp.einsum("kde,ke->kd", u, projected)
+            offset = -0.5 * jnp.sum(projected * projected, axis=-1)
+        else:
+            precision = u * u if self.covariance_type == "diag" else (u * u)[:, None]
+            precision = jnp.broadcast_to(precision, (k, d))
+            quadratic = -0.5 * precision
+            linear = precision * centred
+            offset = -0.5 * jnp.sum(linear * centred, axis=-1)
+        return jnp.concatenate([quadratic, linear], axis=-1), offset
 
     def log_prob(self, params: GaussianParams, x_one: Array) -> Array:
         return self.log_prob_chunk(params, x_one[None])[0]
@@ -144,22 +218,33 @@ class Gaussian(ConjugateComponents):
     # ---- statistics and M-step ---------------------------------------------------------------------
 
     def chunk_stats(self, params: GaussianParams, x: Array, resp: Array) -> GaussianStats:
-        z = x[:, None, :] - params.means[None, :, :]
-        rz = resp[:, :, None] * z
+        k, d = params.means.shape
+        shift = _chunk_shift(x)
+        moved = x - shift
+        counts = jnp.sum(resp, axis=0)
+        centred = params.means - shift
+        if self._expanded(x.dtype, for_stats=True):
+            # Diagonal moments about the shift as one [K, C] x [C, 2 D] product with the shared
+            # features, then moved to each component's old mean c: with a = c - s,
+            # sum r (x-c)^2 = S - 2 a F + N a^2.
+            moments = resp.T @ _features(moved, full=False)
+            first_about_shift = moments[:, d:]
+            first = first_about_shift - counts[:, None] * centred
+            second = (
+                moments[:, :d]
+                - 2 * centred * first_about_shift
+                + counts[:, None] * centred * centred
+            )
+            return GaussianStats(counts, first, second)
+        # sum r z z^T about each component's old mean, as one [K D, C] x [C, D] product: with
+        # z = x - mean_k = moved - centred_k, sum r z z^T = sum r z moved^T - first centred_k^T. The
+        # cancellation is only linear in (spread of the means) / (component width).
+        rz = resp[:, :, None] * (moved[:, None, :] - centred[None, :, :])
         first = jnp.sum(rz, axis=0)
-        if self.covariance_type in ("full", "tied"):
-            # sum r z z^T about each component's old mean, as one [K D, C] x [C, D] product: with
-            # x - mean_k = moved - offset_k, sum r z z^T = sum r z moved^T - first offset_k^T. The
-            # cancellation is only linear in (spread of the means) / (component width).
-            k, d = params.means.shape
-            shift = params.means[0]
-            moved = x - shift
-            cross = (rz.reshape(-1, k * d).T @ moved).reshape(k, d, d)
-            second = cross - first[:, :, None] * (params.means - shift)[:, None, :]
-            second = 0.5 * (second + jnp.swapaxes(second, -1, -2))
-        else:
-            second = jnp.sum(rz * z, axis=0)
-        return GaussianStats(jnp.sum(resp, axis=0), first, second)
+        cross = (rz.reshape(-1, k * d).T @ moved).reshape(k, d, d)
+        second = cross - first[:, :, None] * centred[:, None, :]
+        second = 0.5 * (second + jnp.swapaxes(second, -1, -2))
+        return GaussianStats(counts, first, second)
 
     def suff_stats(self, params: GaussianParams, x_one: Array, resp: Array) -> GaussianStats:
         return self.chunk_stats(params, x_one[None], resp[None])
@@ -271,7 +356,12 @@ class Gaussian(ConjugateComponents):
     def num_free_parameters(self, num_features: int) -> int:
         """Free parameters of the K components (means and covariances), without mixture weights."""
         k, d = self.num_components, num_features
-        cov = {"full": k * d * (d + 1) // 2, "tied": d * (d + 1) // 2, "diag": k * d, "spherical": k}
+        cov = {
+            "full": k * d * (d + 1) // 2,
+            "tied": d * (d + 1) // 2,
+            "diag": k * d,
+            "spherical": k,
+        }
         return k * d + cov[self.covariance_type]
 
     def degenerate(self, params: GaussianParams, counts: Array) -> Array:
