@@ -16,12 +16,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# The benchmarks folder goes last on the path: its module names must not shadow the standard
-# library's (benchmarks/select.py would hide `select`, which jax imports).
 HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
-sys.path.append(str(HERE))
 
 import jax  # noqa: E402
 import optax  # noqa: E402

@@ -17,24 +17,21 @@ Usage: ``python benchmarks/hmm.py [--quick] [--dynamax-python /path/to/python]``
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
 
-# benchmarks/select.py would shadow the standard library's select (imported by subprocess) because
-# the script's folder comes first on sys.path: import the standard modules without it.
-_script_dir = sys.path.pop(0)
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-sys.path[:0] = [_script_dir, os.path.dirname(_script_dir)]  # common.py, and jaxem uninstalled
-from common import (  # noqa: E402
+# Run as a script, this folder (for common.py) leads sys.path; jaxem may be uninstalled.
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+from common import (
     best_time,
     block,
     first_call_time,

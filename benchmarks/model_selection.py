@@ -5,7 +5,7 @@ max_iter and tol) on the same float64 data, in the same process. jaxem is timed 
 (compilation included, what a user waits for once) and warm (best of ``--repeat``); scikit-learn
 is timed as ``for K, type: GaussianMixture(K, type, n_init=R).fit(x).bic(x)``.
 
-    python benchmarks/select.py [--quick] [--repeat 3]
+    python benchmarks/model_selection.py [--quick] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This script's name is the standard library's ``select``, which subprocess (imported by JAX)
-# needs: load the real one before putting this folder (for ``common``) back on the path.
+# Run as a script, this folder leads sys.path: put the repository first so jaxem resolves here.
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-import select  # noqa: E402, F401
-
-sys.path.append(str(_HERE))
+sys.path.insert(0, str(_HERE.parent))
 
 import jax  # noqa: E402
 
