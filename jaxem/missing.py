@@ -45,7 +45,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.scipy.linalg import solve_triangular
 
 from jaxem.core.engine import check_missing
 from jaxem.core.estep import default_chunk_size, reduce_chunks
@@ -107,6 +106,52 @@ def _first_observed(array: np.ndarray) -> np.ndarray:
     first = np.argmax(~missing, axis=0)
     fill = array[first, np.arange(array.shape[1])]
     return np.where(missing, np.where(np.isnan(fill), 0, fill)[None, :], array)
+
+
+# The per-row factorisations below are written with jnp operations rather than LAPACK calls: two
+# batched LAPACK Cholesky kernels that XLA's CPU runtime schedules concurrently (the E-step's
+# densities and statistics) can wait on each other's thread pool forever.
+
+
+def cholesky_lower(a: Array) -> Array:
+    """Lower Cholesky factor of each symmetric positive definite ``[..., D, D]`` matrix, column by
+    column."""
+    d = a.shape[-1]
+    index = jnp.arange(d)
+
+    def column(j: Array, lower: Array) -> Array:
+        row = lower[..., j, :]  # entries before j are set, the others still 0
+        pivot = jnp.sqrt(a[..., j, j] - jnp.sum(row * row, axis=-1))
+        below = (a[..., :, j] - jnp.einsum("...ik,...k->...i", lower, row)) / pivot[..., None]
+        new = jnp.where(index > j, below, jnp.where(index == j, pivot[..., None], 0))
+        return lower.at[..., :, j].set(new)
+
+    return lax.fori_loop(0, d, column, jnp.zeros_like(a))
+
+
+def solve_lower(lower: Array, b: Array, transpose: bool = False) -> Array:
+    """``L^-1 b`` (or ``L^-T b`` with ``transpose``) for lower-triangular ``L`` ``[..., D, D]`` and
+    ``b`` ``[..., D, M]``, by substitution."""
+    d = lower.shape[-1]
+    matrix = jnp.swapaxes(lower, -1, -2) if transpose else lower
+
+    def step(i: Array, y: Array) -> Array:
+        row = i if not transpose else d - 1 - i
+        done = jnp.einsum("...k,...km->...m", matrix[..., row, :], y)
+        value = (b[..., row, :] - done) / matrix[..., row, row][..., None]
+        return y.at[..., row, :].set(value)
+
+    shape = jnp.broadcast_shapes(matrix.shape[:-2], b.shape[:-2]) + b.shape[-2:]
+    return lax.fori_loop(0, d, step, jnp.zeros(shape, b.dtype))
+
+
+def gaussian_covariances(params: GaussianParams) -> Array:
+    """Covariances ``(U U^T)^-1 = U^-T U^-1`` from the precision Cholesky factors ``U``."""
+    u = params.precision_cholesky
+    eye = jnp.broadcast_to(jnp.eye(u.shape[-1], dtype=u.dtype), u.shape)
+    # U is upper triangular, so U^T is lower: V = U^-T solves U^T V = I.
+    v = solve_lower(jnp.swapaxes(u, -1, -2), eye)
+    return v @ jnp.swapaxes(v, -1, -2)
 
 
 def is_factorised(components: Components) -> bool:
@@ -233,27 +278,26 @@ class MissingGaussian(MissingValues):
         d = x_one.shape[-1]
         both = observed_one[:, None] & observed_one[None, :]
         # Identity on the missing block and zero coupling: det and quadratic form are S_oo's.
-        lower = jnp.linalg.cholesky(jnp.where(both, cov, jnp.eye(d, dtype=cov.dtype)))
+        lower = cholesky_lower(jnp.where(both, cov, jnp.eye(d, dtype=cov.dtype)))
         z = jnp.where(observed_one, x_one - params.means, 0)
 
-        def solve(a: Array, b: Array, lower_: bool) -> Array:
-            """``a^-1 b`` for every component's ``b`` ``[K, D]``."""
+        def solve(b: Array, transpose: bool) -> Array:
+            """``L^-1 b`` (or ``L^-T b``) for every component's ``b`` ``[K, D]``."""
             if tied:
-                return solve_triangular(a, b.T, lower=lower_).T
-            return solve_triangular(a, b[..., None], lower=lower_)[..., 0]
+                return solve_lower(lower, b.T, transpose).T
+            return solve_lower(lower, b[..., None], transpose)[..., 0]
 
-        y = solve(lower, z, True)
+        y = solve(z, False)
         log_det = jnp.sum(jnp.log(jnp.diagonal(lower, axis1=-2, axis2=-1)), axis=-1)
         num_observed = jnp.sum(observed_one).astype(x_one.dtype)
         log_prob = -0.5 * (num_observed * math.log(2 * math.pi) + jnp.sum(y * y, axis=-1)) - log_det
         if not moments:
             return log_prob
-        upper = jnp.swapaxes(lower, -1, -2)
-        w = solve(upper, y, False)  # S~^-1 z: zero on the missing coordinates
+        w = solve(y, True)  # S~^-1 z: zero on the missing coordinates
         shift = w @ cov if tied else jnp.einsum("kde,ke->kd", cov, w)
         x_hat = jnp.where(observed_one, x_one, params.means + shift)
         observed_rows = jnp.where(observed_one[:, None], cov, 0)  # S_o. (the others zero)
-        g = solve_triangular(lower, observed_rows, lower=True)
+        g = solve_lower(lower, observed_rows)
         cond_cov = cov - jnp.swapaxes(g, -1, -2) @ g
         missing_block = ~observed_one[:, None] & ~observed_one[None, :]
         return log_prob, x_hat, jnp.where(missing_block, cond_cov, 0)
@@ -264,7 +308,7 @@ class MissingGaussian(MissingValues):
             y = (x0[:, None, :] - params.means[None]) * u[None]
             per = -0.5 * math.log(2 * math.pi) + jnp.log(u)[None] - 0.5 * y * y
             return jnp.sum(jnp.where(observed[:, None, :], per, 0), axis=-1)
-        cov = self.components.covariances(params)
+        cov = gaussian_covariances(params)
         row = partial(self._conditional_row, params, cov, moments=False)
         batch = self._row_batch(x0.shape[-1])
         return _map_rows(lambda args: row(*args), (x0, observed), batch)
@@ -294,7 +338,7 @@ class MissingGaussian(MissingValues):
             second = jnp.sum(rz * z, axis=0) + jnp.sum(resp[:, :, None] * cond_var, axis=0)
             return GaussianStats(jnp.sum(resp, axis=0), jnp.sum(rz, axis=0), second)
 
-        cov = self.components.covariances(params)
+        cov = gaussian_covariances(params)
         row = partial(self._conditional_row, params, cov, moments=True)
         cov_term = "ck,cde->kde" if self.covariance_type == "tied" else "ck,ckde->kde"
 
@@ -314,7 +358,7 @@ class MissingGaussian(MissingValues):
         x0 = jnp.where(observed, x, 0)
         if self.covariance_type in ("diag", "spherical"):
             return self._diagonal_moments(params, x0, observed)[0]
-        cov = self.components.covariances(params)
+        cov = gaussian_covariances(params)
         row = partial(self._conditional_row, params, cov, moments=True)
         batch = self._row_batch(x.shape[-1])
         return _map_rows(lambda args: row(*args)[1], (x0, observed), batch)
