@@ -346,8 +346,9 @@ def _resolve(algo: EM, x: Any, num_restarts: int = 1) -> EM:
     if algo.chunk_size is not None:
         return algo
     row = sum(int(np.prod(leaf.shape[1:], dtype=int)) for leaf in jax.tree.leaves(x))
-    width = row * getattr(algo.model, "num_components", 1) * num_restarts
-    return dataclasses.replace(algo, chunk_size=default_chunk_size(num_rows(x), width))
+    width = row * getattr(algo.model, "num_components", 1)
+    size = default_chunk_size(num_rows(x), width, num_restarts)
+    return dataclasses.replace(algo, chunk_size=size)
 
 
 def fit(

@@ -246,6 +246,44 @@ def test_float32_far_from_origin(offset):
     )
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_float32_diagonal_expansion_far_from_origin(covariance_type):
+    """Diagonal densities and statistics expand the square about each chunk's mean, with an error
+    of float32 eps times (distance to that mean / component width)^2. Clusters 20 widths apart at
+    1e4 in float32 still fit as in float64: means to two float32 spacings at the offset, variances
+    to 1e-3 relative (measured 1.4e-4 diag, 4e-5 spherical), weights to 1e-5 (measured 2e-8).
+    """
+    offset = 1e4
+    centres = np.array([[0.0, 0.0, 0.0], [20.0, 0.0, 5.0], [0.0, 20.0, -5.0]])
+    x32 = (blobs(6, 20_000, centres) + offset).astype(np.float32)
+    family = jaxem.Gaussian(3, covariance_type=covariance_type)
+    algo = jaxem.em(jaxem.Mixture(family))
+    scales = {"diag": np.ones((3, 3)), "spherical": np.ones(3)}[covariance_type]
+    start64 = jaxem.MixtureParams(
+        jnp.full(3, 1.0 / 3), jaxem.GaussianParams(jnp.asarray(centres + 0.5), jnp.asarray(scales))
+    )
+    start32 = jaxem.MixtureParams(
+        jnp.full(3, 1.0 / 3, jnp.float32),
+        jaxem.GaussianParams(
+            jnp.asarray(centres + 0.5 + offset, jnp.float32), jnp.asarray(scales, jnp.float32)
+        ),
+    )
+    r64 = jaxem.fit(algo, start64, x32.astype(np.float64) - offset, max_iter=10, tol=0.0)
+    r32 = jaxem.fit(algo, start32, x32, max_iter=10, tol=0.0)
+    assert r32.params.components.means.dtype == jnp.float32
+    spacing = float(np.spacing(np.float32(offset)))
+    means32 = np.asarray(r32.params.components.means, np.float64) - offset
+    np.testing.assert_allclose(means32, r64.params.components.means, atol=2 * spacing)
+    np.testing.assert_allclose(
+        family.covariances(r32.params.components),
+        family.covariances(r64.params.components),
+        rtol=1e-3,
+    )
+    np.testing.assert_allclose(r32.params.weights, r64.params.weights, atol=1e-5)
+    np.testing.assert_allclose(family.covariances(r64.params.components), 1.0, atol=0.05)
+
+
 # ---- degeneracy ----------------------------------------------------------------------------------
 
 
