@@ -283,7 +283,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
             fit_model = Mixture(Labelled(model.components), model.weight_concentration)
             data = (x, jnp.asarray(labels))
         width = num_features * model.num_components
-        restart_chunk = chunk_size or default_chunk_size(num_samples, width * n_init)
+        restart_chunk = chunk_size or default_chunk_size(num_samples, width, n_init)
         # A family without a closed form for every block (a gamma shape) takes the gradient path.
         mstep = default_mstep(fit_model)
         algo = em(fit_model, mstep, chunk_size=restart_chunk, accelerate=self.accelerate)
