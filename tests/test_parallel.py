@@ -63,6 +63,23 @@ np.savez({out!r}, **out)
 """
 
 
+def run_on_four_devices(source: str, tmp: Path) -> None:
+    """Run the Python ``source`` in a subprocess with 4 host devices and float64 enabled."""
+    script = tmp / "worker.py"
+    script.write_text(source)
+    env = dict(
+        os.environ,
+        # Keep the caller's flags (conftest's faster compiles) and add the 4 host devices.
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4",
+        JAX_ENABLE_X64="1",
+        PYTHONPATH=str(REPO),
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sharded")
@@ -74,22 +91,12 @@ def sharded(tmp_path_factory):
         means=params.components.means,
         precision_cholesky=params.components.precision_cholesky,
     )
-    script = tmp / "worker.py"
-    script.write_text(
+    run_on_four_devices(
         WORKER.format(
             tests=str(REPO / "tests"), init=str(tmp / "init.npz"), out=str(tmp / "out.npz")
-        )
+        ),
+        tmp,
     )
-    env = dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
-        JAX_ENABLE_X64="1",
-        PYTHONPATH=str(REPO),
-    )
-    proc = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=240
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
     return params, dict(np.load(tmp / "out.npz"))
 
 
