@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxem.core.constraints import Interval
 from jaxem.models.closed_form import (
     ChunkConjugateComponents,
     as_matrix,
@@ -118,6 +119,9 @@ class Bernoulli(ChunkConjugateComponents):
                 "Bernoulli components need x in [0, 1] (binary features): binarise the data first, "
                 "e.g. x > threshold."
             )
+
+    def constraints(self) -> BernoulliParams:
+        return BernoulliParams(Interval(0.0, 1.0))
 
     def to_unconstrained(self, params: BernoulliParams) -> BernoulliParams:
         """Log-odds of the probabilities."""

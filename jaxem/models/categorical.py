@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxem.core.constraints import Constraint
 from jaxem.models.closed_form import (
     ChunkConjugateComponents,
     as_matrix,
@@ -42,6 +43,21 @@ class CategoricalStats(NamedTuple):
 
     counts: Array
     level_counts: Array
+
+
+@dataclass(frozen=True)
+class LevelSimplex(Constraint):
+    """Per-feature probability vectors padded to the largest number of levels: a softmax over the
+    levels that exist, so that padding levels keep probability 0 under the gradient M-step."""
+
+    num_levels: tuple[int, ...]
+
+    def forward(self, u: Array) -> Array:
+        mask = np.arange(max(self.num_levels)) < np.asarray(self.num_levels)[:, None]
+        return jax.nn.softmax(jnp.where(mask, u, -jnp.inf), axis=-1)
+
+    def inverse(self, p: Array) -> Array:
+        return floored_log(p)
 
 
 @dataclass(frozen=True)
@@ -114,7 +130,9 @@ class Categorical(ChunkConjugateComponents):
         return jax.nn.one_hot(x.astype(jnp.int32), self.max_levels, dtype=dtype)
 
     def log_prob_chunk(self, params: CategoricalParams, x: Array) -> Array:
-        log_p = jnp.where(self.level_mask(), floored_log(params.probs), 0)
+        # Padding levels are set to 1 before the log (log 1 = 0): masking after the log would
+        # give NaN gradients, as the log's derivative is infinite at their probability 0.
+        log_p = floored_log(jnp.where(self.level_mask(), params.probs, 1))
         return jnp.einsum("cdl,kdl->ck", self.one_hot(x, log_p.dtype), log_p)
 
     def chunk_stats(self, params: CategoricalParams, x: Array, resp: Array) -> CategoricalStats:
@@ -134,7 +152,7 @@ class Categorical(ChunkConjugateComponents):
         alpha = self.dirichlet_concentration
         if alpha == 1:
             return jnp.zeros((), params.probs.dtype)
-        log_p = jnp.where(self.level_mask(), floored_log(params.probs), 0)
+        log_p = floored_log(jnp.where(self.level_mask(), params.probs, 1))
         return (alpha - 1.0) * jnp.sum(log_p)
 
     def uniform_params(self, dtype: Any) -> CategoricalParams:
@@ -179,10 +197,12 @@ class Categorical(ChunkConjugateComponents):
                 "it)."
             )
 
+    def constraints(self) -> CategoricalParams:
+        return CategoricalParams(LevelSimplex(self.num_levels))
+
     def to_unconstrained(self, params: CategoricalParams) -> CategoricalParams:
         """Log-probabilities (padding levels stay at the floor)."""
         return CategoricalParams(floored_log(params.probs))
 
     def from_unconstrained(self, unconstrained: CategoricalParams) -> CategoricalParams:
-        logits = jnp.where(self.level_mask(), unconstrained.probs, -jnp.inf)
-        return CategoricalParams(jax.nn.softmax(logits, axis=-1))
+        return CategoricalParams(LevelSimplex(self.num_levels).forward(unconstrained.probs))

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxem.core.constraints import Positive
 from jaxem.models.closed_form import (
     ChunkConjugateComponents,
     as_matrix,
@@ -109,6 +110,9 @@ class Exponential(ChunkConjugateComponents):
                 "Exponential components need non-negative x (waiting times, sizes): shift or "
                 "transform the data first."
             )
+
+    def constraints(self) -> ExponentialParams:
+        return ExponentialParams(Positive())
 
     def to_unconstrained(self, params: ExponentialParams) -> ExponentialParams:
         """Log-rates."""

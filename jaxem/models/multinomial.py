@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
 
+from jaxem.core.constraints import Simplex
 from jaxem.models.closed_form import (
     ChunkConjugateComponents,
     check_at_least_one,
@@ -114,6 +115,9 @@ class Multinomial(ChunkConjugateComponents):
     def check_data(self, x: Any) -> None:
         """Raise ``ValueError`` unless ``x`` is a 2-D array of non-negative integer counts."""
         check_non_negative_integers(x, "Multinomial")
+
+    def constraints(self) -> MultinomialParams:
+        return MultinomialParams(Simplex())
 
     def to_unconstrained(self, params: MultinomialParams) -> MultinomialParams:
         """Log-probabilities."""

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
 
+from jaxem.core.constraints import Positive
 from jaxem.models.closed_form import (
     ChunkConjugateComponents,
     check_gamma_prior,
@@ -105,6 +106,9 @@ class Poisson(ChunkConjugateComponents):
     def check_data(self, x: Any) -> None:
         """Raise ``ValueError`` unless ``x`` is a 2-D array of non-negative integer counts."""
         check_non_negative_integers(x, "Poisson")
+
+    def constraints(self) -> PoissonParams:
+        return PoissonParams(Positive())
 
     def to_unconstrained(self, params: PoissonParams) -> PoissonParams:
         """Log-rates."""

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxem.core.constraints import Positive
 from jaxem.models.closed_form import (
     ChunkConjugateComponents,
     check_init_method,
@@ -169,6 +170,9 @@ class LinearRegression(ChunkConjugateComponents):
         for name, a in (("covariates", covariates), ("target", target)):
             if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)):
                 raise ValueError(f"LinearRegression components need finite numbers in {name}.")
+
+    def constraints(self) -> RegressionParams:
+        return RegressionParams(None, None, Positive(self.reg_variance))
 
     def to_unconstrained(self, params: RegressionParams) -> RegressionParams:
         """Log-variances (coefficients and intercepts are unconstrained)."""
