@@ -1,7 +1,8 @@
 """Initialisation strategies in pure JAX: k-means++, k-means (Lloyd), random rows, random
 responsibilities, and hard assignment of points to centres.
 
-Every function takes explicit PRNG keys and optional per-point weights, works chunk by chunk where it
+Every function takes explicit PRNG keys and optional per-point weights, works chunk by chunk where
+it
 passes over the data, and gives the same answer for any ``chunk_size``.
 """
 
@@ -71,8 +72,10 @@ def kmeans_plusplus(key: Array, x: Array, weights: Array | None, num_centers: in
 
     def body(i: Array, carry: tuple[Array, Array]) -> tuple[Array, Array]:
         centers, closest = carry
-        score = jnp.where((w > 0) & (closest > 0), log_w + jnp.log(jnp.where(closest > 0, closest, 1)), -jnp.inf)
-        # All remaining mass at distance 0 (fewer distinct points than centres): fall back to weights.
+        score = jnp.where(
+            (w > 0) & (closest > 0), log_w + jnp.log(jnp.where(closest > 0, closest, 1)), -jnp.inf
+        )
+        # All remaining mass at distance 0 (fewer distinct points than centres): use the weights.
         score = jnp.where(jnp.any(jnp.isfinite(score)), score, log_w)
         new = x[jax.random.categorical(jax.random.fold_in(key_rest, i), score)]
         closest = jnp.minimum(closest, jnp.sum((x - new) ** 2, axis=-1))
@@ -105,7 +108,9 @@ def kmeans(
             return onehot.T @ xc, jnp.sum(onehot, axis=0)
 
         sums, counts = reduce_chunks(chunk, x, weights, chunk_size)
-        return jnp.where(counts[:, None] > 0, sums / jnp.where(counts > 0, counts, 1)[:, None], centers)
+        return jnp.where(
+            counts[:, None] > 0, sums / jnp.where(counts > 0, counts, 1)[:, None], centers
+        )
 
     return lax.fori_loop(0, num_iters, lloyd, centers)
 
@@ -116,6 +121,8 @@ def random_resp(key: Array, rows: Array, num_components: int, dtype: jnp.dtype) 
     Each row's draw depends only on ``key`` and its row number, so the result is the same for any
     chunking of the data.
     """
-    draw = jax.vmap(lambda r: jax.random.uniform(jax.random.fold_in(key, r), (num_components,), dtype))
+    draw = jax.vmap(
+        lambda r: jax.random.uniform(jax.random.fold_in(key, r), (num_components,), dtype)
+    )
     u = draw(rows)
     return u / jnp.sum(u, axis=-1, keepdims=True)

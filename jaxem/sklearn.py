@@ -499,7 +499,8 @@ class MixtureModel(*_ESTIMATOR_BASES):
             >>> gm = jaxem.GaussianMixture(2, random_state=0).fit(x)
             >>> path = os.path.join(tempfile.mkdtemp(), "gm.npz")
             >>> gm.save(path)
-            >>> bool((jaxem.GaussianMixture.load(path).predict_proba(x) == gm.predict_proba(x)).all())
+            >>> loaded = jaxem.GaussianMixture.load(path)
+            >>> bool((loaded.predict_proba(x) == gm.predict_proba(x)).all())
             True
         """
         from jaxem import io

@@ -6,6 +6,6 @@ import os
 # change no result the tests check. A caller's own XLA_FLAGS win.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_enable_x64", True)

@@ -240,7 +240,9 @@ def test_generic_estimator_settings():
         ValueError, "components must be a jaxem.Components (e.g. jaxem.Gaussian(3)), got str."
     ):
         MixtureModel("gaussian").fit(X)
-    with raises_exactly(ValueError, "weight_concentration must be a finite number >= 1.0, got 0.5."):
+    with raises_exactly(
+        ValueError, "weight_concentration must be a finite number >= 1.0, got 0.5."
+    ):
         MixtureModel(jaxem.Gaussian(2), weight_concentration=0.5).fit(X)
     with raises_exactly(ValueError, "verbose must be an integer >= 0, got -1."):
         MixtureModel(jaxem.Gaussian(2), verbose=-1).fit(X)

@@ -70,7 +70,7 @@ class EM:
     """
 
     model: Model
-    mstep: MStep = ClosedForm()
+    mstep: MStep = ClosedForm()  # noqa: RUF009  (frozen and stateless: one shared instance is safe)
     chunk_size: int | None = None
     accelerate: Any = None
     # Set by jaxem.parallel when each device holds a shard of the rows: statistics add across it.
@@ -101,7 +101,8 @@ class EM:
     def step_with_state(
         self, params: Any, mstep_state: Any, x: Any, weights: Array | None
     ) -> tuple[Any, Array, Any]:
-        """:meth:`step` for an M-step that carries state (an optimizer's memory) across iterations."""
+        """:meth:`step` for an M-step that carries state (an optimizer's memory) across
+        iterations."""
         stats, objective = self.e_pass(params, x, weights)
         new, mstep_state = apply_mstep(
             self.mstep, self.model, params, stats, x, weights, self.chunk_size, mstep_state
@@ -147,7 +148,11 @@ class _LoopState(NamedTuple):
 
 
 def _all_finite(tree: Any) -> Array:
-    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.inexact)]
+    leaves = [
+        jnp.all(jnp.isfinite(a))
+        for a in jax.tree.leaves(tree)
+        if jnp.issubdtype(a.dtype, jnp.inexact)
+    ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
@@ -171,7 +176,9 @@ def _run(
     an accelerator or a stateful M-step starts afresh)."""
     dtype = jax.tree.leaves(x)[0].dtype
     history = jnp.full((max(max_iter, 1),), jnp.nan, dtype)
-    init = _LoopState(params, jnp.array(0), jnp.array(-jnp.inf, dtype), jnp.array(Status.RUNNING), history)
+    init = _LoopState(
+        params, jnp.array(0), jnp.array(-jnp.inf, dtype), jnp.array(Status.RUNNING), history
+    )
     if max_iter == 0:
         init = init._replace(status=jnp.array(Status.MAX_ITER))
     if algo.accelerate is not None:
@@ -207,7 +214,11 @@ def _run(
         status = jnp.where(
             ~finite,
             Status.NONFINITE,
-            jnp.where(converged, Status.CONVERGED, jnp.where(iteration >= max_iter, Status.MAX_ITER, Status.RUNNING)),
+            jnp.where(
+                converged,
+                Status.CONVERGED,
+                jnp.where(iteration >= max_iter, Status.MAX_ITER, Status.RUNNING),
+            ),
         )
         if verbose:
             lax.cond(
@@ -228,8 +239,12 @@ def _run(
 
     final = lax.while_loop(cond, body, init)
     objective = algo.objective(final.params, x, weights)
-    objective = jnp.where((final.status == Status.NONFINITE) | ~jnp.isfinite(objective), -jnp.inf, objective)
-    return FitResult(final.params, objective, final.iteration, final.status, final.history[:max_iter])
+    objective = jnp.where(
+        (final.status == Status.NONFINITE) | ~jnp.isfinite(objective), -jnp.inf, objective
+    )
+    return FitResult(
+        final.params, objective, final.iteration, final.status, final.history[:max_iter]
+    )
 
 
 @partial(jax.jit, static_argnames=("algo", "max_iter", "verbose"))
@@ -305,15 +320,17 @@ def prepare_data(
     leaves = jax.tree.leaves(x)
     if not leaves:
         raise ValueError("x holds no arrays: pass an array with one row per data point.")
-    if any(np.asarray(leaf).dtype == np.float64 for leaf in leaves if not isinstance(leaf, jax.Array)):
-        if not jax.config.jax_enable_x64:
-            warnings.warn(
-                "x is float64 but JAX's 64-bit mode is off, so the fit runs in float32. To fit in "
-                "float64, enable it before any JAX work (JAX_ENABLE_X64=1 or "
-                "jax.config.update('jax_enable_x64', True)); pass float32 data to silence this.",
-                PrecisionWarning,
-                stacklevel=3,
-            )
+    host_float64 = any(
+        np.asarray(leaf).dtype == np.float64 for leaf in leaves if not isinstance(leaf, jax.Array)
+    )
+    if host_float64 and not jax.config.jax_enable_x64:
+        warnings.warn(
+            "x is float64 but JAX's 64-bit mode is off, so the fit runs in float32. To fit in "
+            "float64, enable it before any JAX work (JAX_ENABLE_X64=1 or "
+            "jax.config.update('jax_enable_x64', True)); pass float32 data to silence this.",
+            PrecisionWarning,
+            stacklevel=3,
+        )
 
     def to_float(a: Any) -> Array:
         a = jnp.asarray(a)
@@ -327,7 +344,9 @@ def prepare_data(
         for leaf in jax.tree.leaves(x):
             check_missing(np.asarray(leaf))
     elif not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(x)):
-        raise ValueError("x contains NaN or infinity: remove or impute those values before fitting.")
+        raise ValueError(
+            "x contains NaN or infinity: remove or impute those values before fitting."
+        )
     if weights is not None:
         dtype = jax.tree.leaves(x)[0].dtype
         weights = jnp.asarray(weights, dtype)
@@ -446,7 +465,9 @@ def fit_restarts(
     if is_key(init):
         keys = init
         single = (
-            init.ndim == 0 if jax.dtypes.issubdtype(init.dtype, jax.dtypes.prng_key) else init.ndim == 1
+            init.ndim == 0
+            if jax.dtypes.issubdtype(init.dtype, jax.dtypes.prng_key)
+            else init.ndim == 1
         )
         if single:
             if num_restarts is None or num_restarts < 1:

@@ -69,7 +69,8 @@ class Mixture:
     def __post_init__(self) -> None:
         if not self.weight_concentration >= 1.0:
             raise ValueError(
-                f"weight_concentration must be >= 1, got {self.weight_concentration!r}: below 1 the "
+                f"weight_concentration must be >= 1, got {self.weight_concentration!r}: below 1 "
+                "the "
                 "Dirichlet posterior has no maximum (it grows without bound as a weight goes to 0)."
             )
 
@@ -169,7 +170,8 @@ class Mixture:
     ) -> Array:
         """Q(params | params_old) on one chunk, without the prior.
 
-        Responsibilities come from ``params_old`` under ``stop_gradient``, so the gradient flows only
+        Responsibilities come from ``params_old`` under ``stop_gradient``, so the gradient flows
+        only
         through ``params``.
         """
         log_resp, _ = self.log_resp(jax.lax.stop_gradient(params_old), x)

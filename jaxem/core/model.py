@@ -1,6 +1,7 @@
 """The contracts between the engine and a model.
 
-A *model* is anything the engine can run EM on: it initialises parameters, turns a chunk of data into
+A *model* is anything the engine can run EM on: it initialises parameters, turns a chunk of data
+into
 additive expected statistics (the E-step), and turns summed statistics into new parameters (the
 M-step). :class:`Components` and :class:`ConjugateComponents` are the smaller contracts a family of
 component densities implements; :class:`jaxem.core.mixture.Mixture` turns them into a model.
@@ -81,7 +82,8 @@ class Components:
 class ConjugateComponents(Components):
     """Components with a closed-form M-step.
 
-    :meth:`suff_stats` maps one datum and its (weighted) responsibilities to statistics that add over
+    :meth:`suff_stats` maps one datum and its (weighted) responsibilities to statistics that add
+    over
     data. It receives the current parameters so that a family can accumulate about a shift close to
     the answer (the Gaussian accumulates about the previous means, which keeps float32 accurate).
     :meth:`m_step` maps the summed statistics to the exact maximiser of Q (plus the log prior).
