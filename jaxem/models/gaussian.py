@@ -7,7 +7,9 @@ such ``[D, D]`` factor, for ``diag`` ``1 / std`` per coordinate (``[K, D]``), fo
 
 Statistics are accumulated about the previous means, per component, (``sum r (x - c)(x - c)^T``
 with ``c`` the old mean) and corrected in the M-step, so float32 keeps its precision on data far
-from the origin; the second moment of a chunk is one batched matrix product.
+from the origin. Every product with the data is taken about the chunk's own mean, which depends on
+no parameter: the second moment of a chunk is one matrix product, and under ``vmap`` over restarts
+the data stay an unbatched operand, so all lanes share one large product.
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ class Gaussian(ConjugateComponents):
             )
         if self.covariance_type not in COVARIANCE_TYPES:
             raise ValueError(
-                f"Unknown covariance_type {self.covariance_type!r}: use one of {', '.join(COVARIANCE_TYPES)}."
+                f"Unknown covariance_type {self.covariance_type!r}: "
+                f"use one of {', '.join(COVARIANCE_TYPES)}."
             )
         if not self.reg_covar >= 0:
             raise ValueError(f"reg_covar must be non-negative, got {self.reg_covar!r}.")
@@ -215,7 +218,7 @@ class Gaussian(ConjugateComponents):
     def log_prob(self, params: GaussianParams, x_one: Array) -> Array:
         return self.log_prob_chunk(params, x_one[None])[0]
 
-    # ---- statistics and M-step ---------------------------------------------------------------------
+    # ---- statistics and M-step -------------------------------------------------------------------
 
     def chunk_stats(self, params: GaussianParams, x: Array, resp: Array) -> GaussianStats:
         k, d = params.means.shape
@@ -282,7 +285,7 @@ class Gaussian(ConjugateComponents):
             return jnp.zeros((), params.means.dtype)
         return self.prior.log_prior(self.covariance_type, params.means, params.precision_cholesky)
 
-    # ---- conversions ---------------------------------------------------------------------------------
+    # ---- conversions -----------------------------------------------------------------------------
 
     def precision_cholesky_from_covariances(self, cov: Array) -> Array:
         if self.covariance_type in ("full", "tied"):
@@ -311,7 +314,8 @@ class Gaussian(ConjugateComponents):
     def params_from_precisions(self, means: Array, precisions: Array) -> GaussianParams:
         """Parameters from precisions given as in scikit-learn's ``precisions_init``."""
         if self.covariance_type in ("full", "tied"):
-            # P = U U^T with U upper: the lower Cholesky factor of the index-reversed P, reversed back.
+            # P = U U^T with U upper: the lower Cholesky factor of the index-reversed P, reversed
+            # back.
             flipped = jnp.flip(precisions, axis=(-2, -1))
             return GaussianParams(means, jnp.flip(jnp.linalg.cholesky(flipped), axis=(-2, -1)))
         return GaussianParams(means, jnp.sqrt(precisions))
@@ -349,7 +353,8 @@ class Gaussian(ConjugateComponents):
         return means + noise / u[labels][:, None]
 
     def constraints(self) -> GaussianParams:
-        """Free means; a Cholesky factor with positive diagonal, or positive scales (gradient M-step)."""
+        """Free means; a Cholesky factor with positive diagonal, or positive scales (gradient
+        M-step)."""
         triangular = self.covariance_type in ("full", "tied")
         return GaussianParams(Real(), UpperCholesky() if triangular else Positive())
 
@@ -384,7 +389,7 @@ class Gaussian(ConjugateComponents):
         needed = {"full": d + 1, "tied": 0, "diag": 2, "spherical": 2}[self.covariance_type]
         return at_floor | (counts < needed)
 
-    # ---- initialisation ------------------------------------------------------------------------------
+    # ---- initialisation --------------------------------------------------------------------------
 
     def init(self, key: Array, x: Array, weights: Array | None) -> GaussianParams:
         k = self.num_components
