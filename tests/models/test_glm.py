@@ -110,6 +110,7 @@ def logistic_fit():
     return (algo, data, *_restarts(algo, data, 5, max_iter=200))
 
 
+@pytest.mark.slow
 def test_logistic_mixture_recovers_the_conditional_probability(logistic_fit):
     # One binary outcome per row identifies the components only weakly (their parameters move
     # along a ridge of nearly equal likelihood), so the test checks what the data determine:
@@ -185,6 +186,7 @@ def gated_poisson_data():
     return covariates, target
 
 
+@pytest.mark.slow
 def test_gated_poisson_monotone_and_lane_equals_single_fit(gated_poisson_data):
     algo = jaxem.em(GatedMixture(PoissonRegression(2)), jaxem.Gradient(num_steps=10))
     keys, _, lanes = _restarts(algo, gated_poisson_data, 13, max_iter=40)
