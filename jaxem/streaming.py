@@ -32,6 +32,7 @@ from jaxem.core.engine import (
     _all_finite,
     _check_iterations,
     is_key,
+    next_status,
     prepare_data,
 )
 from jaxem.core.estep import default_chunk_size, num_rows, total_weight
@@ -188,16 +189,7 @@ def _advance(model, params, totals, previous, iteration, tol, max_iter):
     new = model.m_step(params, stats)
     iteration = iteration + 1
     finite = jnp.isfinite(objective) & _all_finite(new)
-    converged = jnp.abs(objective - previous) < tol
-    status = jnp.where(
-        ~finite,
-        Status.NONFINITE,
-        jnp.where(
-            converged,
-            Status.CONVERGED,
-            jnp.where(iteration >= max_iter, Status.MAX_ITER, Status.RUNNING),
-        ),
-    )
+    status = next_status(finite, objective, previous, iteration, max_iter, tol)
     kept = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, params)
     return kept, objective, status
 

@@ -156,6 +156,22 @@ def _all_finite(tree: Any) -> Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def next_status(
+    finite: Array, objective: Array, previous: Array, iteration: Array, max_iter: int, tol: Array
+) -> Array:
+    """The stopping rule after ``iteration`` iterations (scikit-learn's: change below ``tol``)."""
+    converged = jnp.abs(objective - previous) < tol
+    return jnp.where(
+        ~finite,
+        Status.NONFINITE,
+        jnp.where(
+            converged,
+            Status.CONVERGED,
+            jnp.where(iteration >= max_iter, Status.MAX_ITER, Status.RUNNING),
+        ),
+    )
+
+
 def _print_progress(iteration: Array, objective: Array) -> None:
     print(f"jaxem: iteration {int(iteration)}, mean log-likelihood {float(objective):.6f}")
 
@@ -210,16 +226,7 @@ def _run(
             mstep_state = state.mstep_state
         iteration = state.iteration + 1
         finite = jnp.isfinite(objective) & _all_finite(new_params)
-        converged = jnp.abs(objective - previous) < tol
-        status = jnp.where(
-            ~finite,
-            Status.NONFINITE,
-            jnp.where(
-                converged,
-                Status.CONVERGED,
-                jnp.where(iteration >= max_iter, Status.MAX_ITER, Status.RUNNING),
-            ),
-        )
+        status = next_status(finite, objective, previous, iteration, max_iter, tol)
         if verbose:
             lax.cond(
                 (iteration % verbose == 0) | (status != Status.RUNNING),
