@@ -34,7 +34,7 @@ from jax.scipy.special import gammaln
 from jaxem.core.mixture import Mixture, MixtureStats
 from jaxem.core.model import Components, ConjugateComponents
 from jaxem.models.closed_form import check_init_method, check_num_components
-from jaxem.models.regression import LinearRegression
+from jaxem.models.regression import LinearRegression, check_regression_data
 
 Array = jax.Array
 
@@ -44,25 +44,6 @@ class GLMParams(NamedTuple):
 
     coefficients: Array
     intercepts: Array
-
-
-def check_regression_data(x: Any, family: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(covariates, target)`` as NumPy arrays, or a ValueError saying what shape is expected."""
-    if not (isinstance(x, (tuple, list)) and len(x) == 2):
-        raise ValueError(
-            f"{family} components need x as a pair (covariates, target): covariates of shape "
-            "[N, P] and target of shape [N]."
-        )
-    covariates, target = np.asarray(x[0]), np.asarray(x[1])
-    if covariates.ndim != 2 or target.ndim != 1 or covariates.shape[0] != target.shape[0]:
-        raise ValueError(
-            f"{family} components need covariates [N, P] and target [N] with the same N, got "
-            f"shapes {covariates.shape} and {target.shape}."
-        )
-    for name, a in (("covariates", covariates), ("target", target)):
-        if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)):
-            raise ValueError(f"{family} components need finite numbers in {name}.")
-    return covariates, target
 
 
 def _check_precision(name: str, value: Any) -> None:

@@ -47,6 +47,25 @@ class RegressionStats(NamedTuple):
     residual_squares: Array
 
 
+def check_regression_data(x: Any, family: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(covariates, target)`` as NumPy arrays, or a ValueError saying what shape is expected."""
+    if not (isinstance(x, (tuple, list)) and len(x) == 2):
+        raise ValueError(
+            f"{family} components need x as a pair (covariates, target): covariates of shape "
+            "[N, P] and target of shape [N]."
+        )
+    covariates, target = np.asarray(x[0]), np.asarray(x[1])
+    if covariates.ndim != 2 or target.ndim != 1 or covariates.shape[0] != target.shape[0]:
+        raise ValueError(
+            f"{family} components need covariates [N, P] and target [N] with the same N, got "
+            f"shapes {covariates.shape} and {target.shape}."
+        )
+    for name, a in (("covariates", covariates), ("target", target)):
+        if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)):
+            raise ValueError(f"{family} components need finite numbers in {name}.")
+    return covariates, target
+
+
 @dataclass(frozen=True)
 class LinearRegression(ChunkConjugateComponents):
     """K linear regressions of a scalar target on P covariates, each with its own noise variance.
@@ -156,20 +175,7 @@ class LinearRegression(ChunkConjugateComponents):
 
     def check_data(self, x: Any) -> None:
         """Raise ``ValueError`` unless ``x`` is a pair ``(covariates [N, P], target [N])``."""
-        if not (isinstance(x, (tuple, list)) and len(x) == 2):
-            raise ValueError(
-                "LinearRegression components need x as a pair (covariates, target): covariates of "
-                "shape [N, P] and target of shape [N]."
-            )
-        covariates, target = np.asarray(x[0]), np.asarray(x[1])
-        if covariates.ndim != 2 or target.ndim != 1 or covariates.shape[0] != target.shape[0]:
-            raise ValueError(
-                f"LinearRegression components need covariates [N, P] and target [N] with the same "
-                f"N, got shapes {covariates.shape} and {target.shape}."
-            )
-        for name, a in (("covariates", covariates), ("target", target)):
-            if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)):
-                raise ValueError(f"LinearRegression components need finite numbers in {name}.")
+        check_regression_data(x, "LinearRegression")
 
     def constraints(self) -> RegressionParams:
         return RegressionParams(None, None, Positive(self.reg_variance))
