@@ -78,7 +78,21 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[str]]:
     return values, names
 
 
-def _read_parquet(path: Path) -> tuple[np.ndarray, list[str]]:
+def _column_indices(path: Path, names: list[str], columns: Sequence[str]) -> list[int]:
+    index = []
+    for column in columns:
+        if column in names:
+            index.append(names.index(column))
+        elif column.isdigit() and int(column) < len(names):
+            index.append(int(column))
+        else:
+            raise UsageError(
+                f"{path} has no column {column!r}; its columns are {', '.join(names)}."
+            )
+    return index
+
+
+def _read_parquet(path: Path, columns: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
     try:
         import pyarrow.parquet as parquet
     except ImportError as error:
@@ -86,16 +100,20 @@ def _read_parquet(path: Path) -> tuple[np.ndarray, list[str]]:
             f"reading {path} needs pyarrow, which is not installed: pip install pyarrow "
             "(or convert the file to CSV or .npy)."
         ) from error
-    table = parquet.read_table(path)
-    columns = []
+    # Read only the chosen columns: the others may hold text (or be large).
+    names = parquet.read_schema(path).names
+    if columns:
+        names = [names[i] for i in _column_indices(path, names, columns)]
+    table = parquet.read_table(path, columns=names)
+    arrays = []
     for name, column in zip(table.column_names, table.columns, strict=True):
         try:
-            columns.append(np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64))
+            arrays.append(np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64))
         except (TypeError, ValueError) as error:
             raise UsageError(
                 f"{path}: column {name!r} is not numeric; choose numeric columns with --columns."
             ) from error
-    return np.stack(columns, axis=1), list(table.column_names)
+    return np.stack(arrays, axis=1), list(table.column_names)
 
 
 def _read_npy(path: Path) -> tuple[np.ndarray, list[str]]:
@@ -132,20 +150,12 @@ def read_data(
     if suffix == ".npy":
         values, names = _read_npy(path)
     elif suffix in (".parquet", ".pq"):
-        values, names = _read_parquet(path)
+        values, names = _read_parquet(path, columns)
+        columns = None
     else:
         values, names = _read_csv(path)
     if columns:
-        index = []
-        for column in columns:
-            if column in names:
-                index.append(names.index(column))
-            elif column.isdigit() and int(column) < len(names):
-                index.append(int(column))
-            else:
-                raise UsageError(
-                    f"{path} has no column {column!r}; its columns are {', '.join(names)}."
-                )
+        index = _column_indices(path, names, columns)
         values, names = values[:, index], [names[i] for i in index]
     bad = ~np.isfinite(values)
     if bad.any():
