@@ -35,7 +35,7 @@ from jaxem.core.engine import (
     prepare_data,
 )
 from jaxem.core.estep import num_rows
-from jaxem.core.mstep import ClosedForm
+from jaxem.core.mstep import ClosedForm, Gradient
 
 Array = jax.Array
 
@@ -235,7 +235,10 @@ def _lanes_on_mesh(
 def _fit_lanes(
     algo: EM, mesh: Mesh, params: Any, x: Any, weights: Any, tol: Any, max_iter: int, verbose: int
 ) -> FitResult:
-    local_algo = dataclasses.replace(algo, axis_name=DATA_AXIS)
+    # Statistics, and the M-step's own passes over the data (a gradient M-step's Q and its
+    # gradient), add across the data axis.
+    mstep = dataclasses.replace(algo.mstep, axis_name=DATA_AXIS)
+    local_algo = dataclasses.replace(algo, axis_name=DATA_AXIS, mstep=mstep)
 
     def local(params: Any, x: Any, weights: Any, tol: Any) -> FitResult:
         return jax.vmap(lambda p: _run(local_algo, p, x, weights, tol, max_iter, verbose))(params)
@@ -259,10 +262,11 @@ def _fit_on_mesh(
     tol: float,
     verbose: int,
 ) -> FitResult:
-    if not isinstance(algo.mstep, ClosedForm):
+    if not isinstance(algo.mstep, (ClosedForm, Gradient)):
         raise ValueError(
-            "Sharded fits need the closed-form M-step: a gradient M-step re-reads the data, which "
-            "is not yet reduced across devices. Use jaxem.fit on one device for this model."
+            f"Sharded fits need an M-step that sums its passes over the data across devices: "
+            f"jaxem.ClosedForm or jaxem.Gradient, got {type(algo.mstep).__name__}. Use jaxem.fit "
+            "on one device for this M-step."
         )
     _check_iterations(max_iter, tol)
     mesh = data_mesh() if mesh is None else mesh

@@ -26,7 +26,8 @@ bools matching the parameters.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import jax
@@ -162,20 +163,58 @@ def expected_objective(
     x: Any,
     weights: Array | None,
     chunk_size: int | None,
+    axis_name: str | None = None,
 ) -> Array:
     """Mean ``Q(params | params_old) + log p(params)``, reduced chunk by chunk.
 
     Responsibilities are recomputed from ``params_old`` (under ``stop_gradient``) in every chunk,
-    so no N x K array is kept; this is what the gradient M-step differentiates.
+    so no N x K array is kept; this is what the gradient M-step differentiates. With ``axis_name``
+    (inside ``shard_map``, each device holding a shard of the rows) Q and the total weight are
+    summed over that axis, and so is Q's gradient: every device sees the same objective.
     """
-    q = reduce_chunks(
-        lambda xc, wc, _: model.expected_log_joint(params, params_old, xc, wc),
-        x,
-        weights,
-        chunk_size,
-    )
-    total = total_weight(x, weights, q.dtype)
+
+    def local_q(p: Any, p_old: Any, x: Any, weights: Array | None) -> Array:
+        return reduce_chunks(
+            lambda xc, wc, _: model.expected_log_joint(p, p_old, xc, wc), x, weights, chunk_size
+        )
+
+    if axis_name is None:
+        q = local_q(params, params_old, x, weights)
+        total = total_weight(x, weights, q.dtype)
+    else:
+        q = _summed_over_axis(local_q, axis_name, params, params_old, x, weights)
+        total = lax.psum(total_weight(x, weights, q.dtype), axis_name)
     return (q + jnp.asarray(model.log_prior(params), q.dtype)) / total
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _summed_over_axis(
+    fn: Callable, axis_name: str, params: Any, params_old: Any, x: Any, weights: Any
+) -> Array:
+    """``psum(fn(params, params_old, x, weights))`` over ``axis_name``, with the gradient in
+    ``params`` summed too.
+
+    ``psum``'s own transpose (with shard_map's replication checks off) leaves each device its local
+    gradient; the gradient of the global sum is the sum of the local ones.
+    """
+    return lax.psum(fn(params, params_old, x, weights), axis_name)
+
+
+def _summed_forward(
+    fn: Callable, axis_name: str, params: Any, params_old: Any, x: Any, weights: Any
+) -> tuple[Array, Any]:
+    value, pullback = jax.vjp(lambda p: fn(p, params_old, x, weights), params)
+    return lax.psum(value, axis_name), pullback
+
+
+def _summed_backward(fn: Callable, axis_name: str, pullback: Any, cotangent: Array) -> tuple:
+    (grad,) = pullback(cotangent)
+    # Only params are differentiated: the old parameters sit under stop_gradient, and the data
+    # have no gradient.
+    return lax.psum(grad, axis_name), None, None, None
+
+
+_summed_over_axis.defvjp(_summed_forward, _summed_backward)
 
 
 def _select(keep_new: Array, new: Any, old: Any) -> Any:
@@ -211,6 +250,8 @@ class ClosedForm:
     """
 
     frozen: Any = ()
+    # Set by jaxem.parallel when each device holds a shard of the rows (Q is summed over it).
+    axis_name: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "frozen", _check_frozen(self.frozen))
@@ -231,8 +272,8 @@ class ClosedForm:
         new = _merge([not f for f in frozen], new, params)
         if not hasattr(model, "expected_log_joint"):
             return new
-        q_new = expected_objective(model, new, params, x, weights, chunk_size)
-        q_old = expected_objective(model, params, params, x, weights, chunk_size)
+        q_new = expected_objective(model, new, params, x, weights, chunk_size, self.axis_name)
+        q_old = expected_objective(model, params, params, x, weights, chunk_size, self.axis_name)
         return _select(q_new >= q_old, new, params)
 
 
@@ -306,6 +347,8 @@ class Gradient:
     num_backoffs: int = 8
     carry_state: bool = False
     frozen: Any = ()
+    # Set by jaxem.parallel when each device holds a shard of the rows (Q is summed over it).
+    axis_name: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_steps, int) or self.num_steps < 1:
@@ -378,7 +421,7 @@ class Gradient:
         free = [not c and not f for c, f in zip(closed, frozen, strict=True)]
 
         def q(p: Any) -> Array:
-            return expected_objective(model, p, params, x, weights, chunk_size)
+            return expected_objective(model, p, params, x, weights, chunk_size, self.axis_name)
 
         q_old = q(params)
         if not any(free):
