@@ -1,6 +1,9 @@
 """Model selection: BIC, AIC and ICL, and a grid over K, covariance type and restarts.
 
-The criteria follow scikit-learn's sign convention: lower is better.
+The criteria follow scikit-learn's sign convention: lower is better. They apply to every model with
+a parameter count: mixtures of any family (``num_free_parameters`` of the family plus K - 1
+weights), gated mixtures, and hidden Markov models on :class:`jaxem.Sequences`, whose sample size
+is the (weighted) number of time steps, as in hmmlearn.
 
 :func:`select` fits the whole grid with one compiled program per covariance type. Every K of the
 grid runs as a mixture of ``max(K)`` components whose surplus slots start (and therefore stay) at
@@ -25,8 +28,9 @@ import numpy as np
 
 from jaxem import init as initializers
 from jaxem.core.engine import FitResult, Status, em, fit_restarts, is_key, prepare_data
-from jaxem.core.estep import default_chunk_size, reduce_chunks, total_weight
+from jaxem.core.estep import default_chunk_size, num_rows, reduce_chunks, total_weight
 from jaxem.core.mixture import Mixture, MixtureParams
+from jaxem.hmm.model import HiddenMarkovModel, Sequences
 from jaxem.models.gaussian import COVARIANCE_TYPES, Gaussian, GaussianParams
 
 Array = jax.Array
@@ -38,12 +42,18 @@ CRITERIA = ("bic", "aic", "icl")
 
 
 def num_parameters(model: Any, num_features: int) -> int:
-    """Free parameters of ``model`` on data with ``num_features`` columns (weights: K - 1).
+    """Free parameters of ``model`` on data with ``num_features`` columns.
+
+    A mixture counts its family's parameters and K - 1 weights; any other model (a gated mixture, a
+    hidden Markov model) counts itself with ``num_free_parameters(num_features)``. For a regression
+    family ``num_features`` is the number of covariates; for an HMM, the features of one time step.
 
     Example:
         >>> import jaxem
         >>> num_parameters(jaxem.Mixture(jaxem.Gaussian(3, "diag")), 2)
         14
+        >>> num_parameters(jaxem.HiddenMarkovModel(jaxem.Gaussian(3, "diag")), 2)
+        20
     """
     counted = model.components if isinstance(model, Mixture) else model
     if not hasattr(counted, "num_free_parameters"):
@@ -58,8 +68,23 @@ def num_parameters(model: Any, num_features: int) -> int:
 def _chunk_size_for(model: Any, x: Array, chunk_size: int | None, lanes: int = 1) -> int:
     if chunk_size is not None:
         return chunk_size
-    width = int(np.prod(x.shape[1:], dtype=int)) * getattr(model, "num_components", 1) * lanes
-    return default_chunk_size(x.shape[0], width)
+    row = sum(int(np.prod(leaf.shape[1:], dtype=int)) for leaf in jax.tree.leaves(x))
+    width = row * getattr(model, "num_components", 1) * lanes
+    return default_chunk_size(num_rows(x), width)
+
+
+def _num_features(model: Any, x: Any) -> int:
+    """Columns of the data: of one time step for sequences, of the covariates (the first leaf)
+    for a pair such as ``(covariates, target)`` or ``(x, labels)``."""
+    if isinstance(model, HiddenMarkovModel):
+        leaf = jax.tree.leaves(x.observations)[0]
+        return leaf.shape[2] if leaf.ndim > 2 else 1
+    if isinstance(x, jax.Array):
+        if x.ndim != 2:
+            raise ValueError(f"x must be a 2-D array (rows x features), got shape {x.shape}.")
+        return x.shape[1]
+    leaf = jax.tree.leaves(x)[0]
+    return leaf.shape[1] if leaf.ndim > 1 else 1
 
 
 @partial(jax.jit, static_argnames=("model", "chunk_size"))
@@ -77,13 +102,19 @@ def _log_likelihood_and_entropy(
 def _criteria_inputs(
     params: Any, model: Any, x: Any, weights: Any, chunk_size: int | None
 ) -> tuple[float, float, float, int]:
-    x, weights = prepare_data(x, weights)
-    if x.ndim != 2:
-        raise ValueError(f"x must be a 2-D array (rows x features), got shape {x.shape}.")
+    if isinstance(model, HiddenMarkovModel) and not isinstance(x, Sequences):
+        raise ValueError(
+            f"A HiddenMarkovModel needs its data as jaxem.Sequences, got {type(x).__name__}: "
+            "pass jaxem.pad_sequences(x, lengths)."
+        )
+    x, weights = prepare_data(x, weights, allow_missing=getattr(model, "handles_missing", False))
+    p = num_parameters(model, _num_features(model, x))
     size = _chunk_size_for(model, x, chunk_size)
     loglik, entropy = _log_likelihood_and_entropy(model, params, x, weights, size)
-    n = float(total_weight(x, weights, loglik.dtype))
-    return float(loglik), float(entropy), n, num_parameters(model, x.shape[1])
+    # The sample size: data points, or the time steps of sequences (hmmlearn's len(X)).
+    count = getattr(model, "num_observations", None)
+    n = float(total_weight(x, weights, loglik.dtype) if count is None else count(x, weights))
+    return float(loglik), float(entropy), n, p
 
 
 def log_likelihood(
@@ -107,12 +138,19 @@ def bic(
 ) -> float:
     """Bayesian information criterion ``-2 log L + p log N`` (lower is better).
 
+    ``N`` is the (weighted) number of rows, or of time steps for a hidden Markov model.
+
     Example:
         >>> import jax, jaxem
         >>> x = jax.random.normal(jax.random.key(0), (100, 2))
         >>> model = jaxem.Mixture(jaxem.Gaussian(2))
         >>> params = jaxem.fit(jaxem.em(model), jax.random.key(0), x).params
         >>> bic(params, model, x) > aic(params, model, x)
+        True
+        >>> hmm = jaxem.HiddenMarkovModel(jaxem.Gaussian(2, "diag"))
+        >>> data = jaxem.pad_sequences(x, [60, 40])
+        >>> params = jaxem.fit(jaxem.em(hmm), jax.random.key(0), data, max_iter=20).params
+        >>> icl(params, hmm, data) >= bic(params, hmm, data)
         True
     """
     loglik, _, n, p = _criteria_inputs(params, model, x, weights, chunk_size)
@@ -130,13 +168,17 @@ def aic(
 def icl(
     params: Any, model: Any, x: Any, weights: Any = None, *, chunk_size: int | None = None
 ) -> float:
-    """Integrated completed likelihood: BIC plus twice the entropy of the responsibilities.
+    """Integrated completed likelihood: BIC plus twice the entropy of the latent variables.
 
     ``-2 log L + p log N + 2 sum_n H(r_n)``, lower is better; it penalises overlapping components
-    (Biernacki, Celeux & Govaert, 2000; mclust's ``icl`` with the sign flipped).
+    (Biernacki, Celeux & Govaert, 2000; mclust's ``icl`` with the sign flipped). For a hidden
+    Markov model the entropy is that of the posterior over whole state paths, ``H(z | x)``.
     """
     if not hasattr(model, "entropy"):
-        raise ValueError(f"ICL needs responsibilities: {type(model).__name__} is not a mixture.")
+        raise ValueError(
+            f"ICL needs the entropy of the latent variables: {type(model).__name__} has no "
+            "entropy(params, x, weights) method (mixtures and hidden Markov models have one)."
+        )
     loglik, entropy, n, p = _criteria_inputs(params, model, x, weights, chunk_size)
     return -2.0 * loglik + p * math.log(n) + 2.0 * entropy
 

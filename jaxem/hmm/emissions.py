@@ -124,6 +124,16 @@ class MixtureEmissions(ConjugateComponents):
     def log_prior(self, params: MixtureEmissionParams) -> Array:
         return self.inner.log_prior(params.components)
 
+    def num_free_parameters(self, num_features: int) -> int:
+        """``M - 1`` mixture weights per state plus the inner family's ``K x M`` components."""
+        count = getattr(self.inner, "num_free_parameters", None)
+        if count is None:
+            raise ValueError(
+                f"{type(self.inner).__name__} does not define num_free_parameters(num_features), "
+                "which the information criteria need: add that method to the inner family."
+            )
+        return self.num_components * (self.num_mixture - 1) + int(count(num_features))
+
     def constraints(self) -> MixtureEmissionParams:
         return MixtureEmissionParams(Simplex(), self.inner.constraints())
 

@@ -31,6 +31,8 @@ from jaxem.hmm.model import HiddenMarkovModel, HMMParams, Sequences, pad_sequenc
 from jaxem.models.categorical import Categorical, CategoricalParams
 from jaxem.models.gaussian import COVARIANCE_TYPES, Gaussian, GaussianParams, GaussianStats
 from jaxem.models.poisson import Poisson, PoissonParams
+from jaxem.select import aic as criterion_aic
+from jaxem.select import bic as criterion_bic
 from jaxem.sklearn import _ESTIMATOR_BASES, NotFittedError, _EstimatorConvergenceWarning
 
 Array = jax.Array
@@ -299,6 +301,27 @@ class _BaseHMM(*_ESTIMATOR_BASES):
         """Total log-likelihood of the sequences in ``X``."""
         model, params, data = self._current(X, lengths)
         return float(jnp.sum(_smooth(model, params, data).log_likelihood))
+
+    def bic(self, X: Any, lengths: Any = None) -> float:
+        """Bayesian information criterion ``-2 log L + p log(n_samples)`` (lower is better).
+
+        ``p`` counts every initial, transition and emission parameter, fitted or held fixed (as
+        hmmlearn does); see :func:`jaxem.bic`.
+
+        Example:
+            >>> import numpy as np, jaxem
+            >>> X = np.random.default_rng(0).normal(size=(200, 2))
+            >>> model = jaxem.GaussianHMM(2, random_state=0).fit(X)
+            >>> model.bic(X) > model.aic(X)
+            True
+        """
+        model, params, data = self._current(X, lengths)
+        return criterion_bic(params, model, data, chunk_size=self.chunk_size)
+
+    def aic(self, X: Any, lengths: Any = None) -> float:
+        """Akaike information criterion ``-2 log L + 2 p`` (lower is better); see :meth:`bic`."""
+        model, params, data = self._current(X, lengths)
+        return criterion_aic(params, model, data, chunk_size=self.chunk_size)
 
     def predict_proba(self, X: Any, lengths: Any = None) -> np.ndarray:
         """Smoothed state posteriors ``p(z_t | x)``, shape ``[n_samples, n_components]``."""

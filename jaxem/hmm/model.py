@@ -343,6 +343,23 @@ class HiddenMarkovModel:
             emissions,
         )
 
+    def _expected_complete_log_likelihood(
+        self, params: HMMParams, smoothed: Smoothed, observations: Any
+    ) -> Array:
+        """``E_q[log p(x, z)]`` per sequence ``[B]`` under the smoothed posteriors ``q``."""
+        log_em = self.log_emissions(params, observations)
+
+        def expect(counts: Array, log_values: Array) -> Array:
+            # where, not multiply: a state with zero posterior may have log-probability -inf.
+            terms = jnp.where(counts > 0, counts * log_values, 0)
+            return jnp.sum(terms.reshape(terms.shape[0], -1), axis=-1)
+
+        return (
+            expect(smoothed.posteriors[:, 0], jnp.log(params.initial))
+            + expect(smoothed.transition_counts, jnp.log(params.transition))
+            + expect(smoothed.posteriors, log_em)
+        )
+
     def expected_log_joint(
         self, params: HMMParams, params_old: HMMParams, x: Sequences, weights: Array | None
     ) -> Array:
@@ -352,20 +369,42 @@ class HiddenMarkovModel:
         differentiates only through ``params``.
         """
         smoothed = jax.lax.stop_gradient(self.smooth(jax.lax.stop_gradient(params_old), x))
-        dtype = smoothed.posteriors.dtype
-        step_weights = self._step_weights(x, weights, dtype)
-        resp = jnp.where(
-            step_weights[..., None] > 0, smoothed.posteriors * step_weights[..., None], 0
-        )
-        log_em = self.log_emissions(params, x.observations)
+        per_sequence = self._expected_complete_log_likelihood(params, smoothed, x.observations)
+        return weighted_sum(per_sequence, weights)
 
-        def expect(counts: Array, log_values: Array) -> Array:
-            return jnp.sum(jnp.where(counts > 0, counts * log_values, 0))
+    def entropy(self, params: HMMParams, x: Sequences, weights: Array | None) -> Array:
+        """Weighted entropy of the posterior over state paths on one chunk of sequences.
 
-        initial = weighted_sum(smoothed.posteriors[:, 0], weights)
-        transition = weighted_sum(smoothed.transition_counts, weights)
-        return (
-            expect(initial, jnp.log(params.initial))
-            + expect(transition, jnp.log(params.transition))
-            + expect(resp, log_em)
-        )
+        ``H(z | x) = log p(x) - E_q[log p(x, z)]``: the expectation needs only the smoothed
+        marginals and the summed pairwise marginals, so no path is ever enumerated. Used by
+        :func:`jaxem.icl`.
+        """
+        smoothed = self.smooth(params, x)
+        expected = self._expected_complete_log_likelihood(params, smoothed, x.observations)
+        # An entropy is non-negative; the difference can round to just below 0 when q is certain.
+        return weighted_sum(jnp.maximum(smoothed.log_likelihood - expected, 0), weights)
+
+    def num_free_parameters(self, num_features: int) -> int:
+        """``K - 1`` initial and ``K (K - 1)`` transition probabilities plus the emission family's
+        parameters on ``num_features`` features (hmmlearn's count; parts left out of ``update``
+        still count, as frozen parameters of a mixture do).
+
+        Example:
+            >>> import jaxem
+            >>> HiddenMarkovModel(jaxem.Gaussian(3, "diag")).num_free_parameters(2)
+            20
+        """
+        count = getattr(self.emissions, "num_free_parameters", None)
+        if count is None:
+            raise ValueError(
+                f"{type(self.emissions).__name__} does not define "
+                "num_free_parameters(num_features), which the information criteria need: add "
+                "that method to the emission family."
+            )
+        k = self.num_components
+        return (k - 1) + k * (k - 1) + int(count(num_features))
+
+    def num_observations(self, x: Sequences, weights: Array | None) -> Array:
+        """The (weighted) number of real time steps, the sample size of BIC for an HMM."""
+        dtype = jax.tree.leaves(x.observations)[0].dtype
+        return jnp.sum(self._step_weights(x, weights, dtype))

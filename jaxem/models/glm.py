@@ -312,6 +312,18 @@ class GatedMixture:
         conjugate = isinstance(self.components, ConjugateComponents)
         return GatedParams(False, self.components.closed_form_blocks() if conjugate else False)
 
+    def num_free_parameters(self, num_features: int) -> int:
+        """The gate's ``(K - 1) (P + 1)`` (softmax logits are defined up to a common shift) plus
+        the experts' parameters, for ``P = num_features`` covariates."""
+        count = getattr(self.components, "num_free_parameters", None)
+        if count is None:
+            raise ValueError(
+                f"{type(self.components).__name__} does not define "
+                "num_free_parameters(num_features), which the information criteria need: add "
+                "that method to the experts' family."
+            )
+        return (self.num_components - 1) * (num_features + 1) + int(count(num_features))
+
     def check_data(self, x: Any) -> None:
         """The experts' data check (a pair ``(covariates, target)``)."""
         check = getattr(self.components, "check_data", None)
