@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,7 @@ from jaxem.core.engine import (
 )
 from jaxem.core.estep import num_rows
 from jaxem.core.mstep import ClosedForm, Gradient
+from jaxem.core.subsample import sample_rows, sample_size
 
 Array = jax.Array
 
@@ -142,6 +143,13 @@ def _process_block(mesh: Mesh, num_global: int) -> tuple[int, int]:
     return start, stop - start
 
 
+class _Placed(NamedTuple):
+    x: Any
+    weights: Array | None
+    num_real_rows: int  # over all processes, without padding
+    row_offsets: Array  # per data shard: the row number (in the unpadded data) of its first row
+
+
 def shard_rows(x: Any, weights: Any = None, mesh: Mesh | None = None) -> tuple[Any, Array | None]:
     """Place this process's rows on the mesh, sharded along the data axis, padded with weight 0.
 
@@ -152,7 +160,11 @@ def shard_rows(x: Any, weights: Any = None, mesh: Mesh | None = None) -> tuple[A
     Returns:
         ``(x, weights)`` as global arrays, the rows of process 0 first.
     """
-    mesh = data_mesh() if mesh is None else mesh
+    placed = _place_rows(x, weights, data_mesh() if mesh is None else mesh)
+    return placed.x, placed.weights
+
+
+def _place_rows(x: Any, weights: Any, mesh: Mesh) -> _Placed:
     x = jax.tree.map(np.asarray, x)
     n_local = num_rows(x)
     if weights is not None:
@@ -204,31 +216,93 @@ def shard_rows(x: Any, weights: Any = None, mesh: Mesh | None = None) -> tuple[A
 
     leaves, treedef = jax.tree.flatten(x)
     x_global = treedef.unflatten([place(a, t, 0.0) for a, t in zip(leaves, dtypes, strict=True)])
-    if weights is None and not padded:
-        return x_global, None
-    if weights is None:
+
+    # Padding sits at the end of each process's block, so a shard's real rows are consecutive.
+    num_shards = mesh.shape[DATA_AXIS]
+    shard_length = num_global // num_shards
+    first = np.arange(num_shards) * shard_length
+    process = first // per_process
+    offsets = np.concatenate([[0], np.cumsum(counts)])[process] + first - process * per_process
+    offsets = jax.make_array_from_callback(
+        (num_shards,), NamedSharding(mesh, P(DATA_AXIS)), lambda i: offsets[i].astype(np.int32)
+    )
+    if weights is None and padded:
         weights = np.ones(n_local, dtypes[0])
-    return x_global, place(weights, dtypes[0], 0.0)
+    if weights is not None:
+        weights = place(weights, dtypes[0], 0.0)
+    return _Placed(x_global, weights, int(counts.sum()), offsets)
 
 
 def _lanes_on_mesh(
-    algo: EM, init: Any, x: Any, weights: Array | None, mesh: Mesh, lanes: int | None
+    algo: EM, init: Any, placed: _Placed, user_weights: bool, mesh: Mesh, lanes: int | None
 ) -> Any:
-    """Initial parameters with a leading lane axis, sharded over the restart axis."""
+    """Initial parameters with a leading lane axis, sharded over the restart axis.
+
+    From keys, the rule is :func:`jaxem.core.subsample.initial_params`'s: the model initialises
+    from all rows when there are at most ``sample_size`` of them (gathered, a bounded size), else
+    from a sample whose rows every shard contributes in place, so no device ever holds more than
+    its shard and the sample, and the result equals a fit's on one device.
+    """
     lane_sharding = NamedSharding(mesh, P(RESTART_AXIS))
     if is_key(init):
         keys = init
         single = init.ndim == (0 if jax.dtypes.issubdtype(init.dtype, jax.dtypes.prng_key) else 1)
         if single:
             keys = init[None] if lanes is None else jax.random.split(init, lanes)
+        size = sample_size(placed.x)
+        if placed.num_real_rows > size:
+            keys = jax.device_put(keys, lane_sharding)
+            return _init_from_sample(
+                algo.model,
+                mesh,
+                size,
+                user_weights,
+                keys,
+                placed.x,
+                placed.weights,
+                placed.row_offsets,
+            )
         keys = jax.device_put(keys, NamedSharding(mesh, P()))
         init_lanes = jax.jit(
             jax.vmap(algo.model.init, in_axes=(0, None, None)), out_shardings=lane_sharding
         )
-        return init_lanes(keys, x, weights)
+        return init_lanes(keys, placed.x, placed.weights)
     if lanes is None:
         init = jax.tree.map(lambda a: jnp.asarray(a)[None], init)
     return jax.device_put(init, lane_sharding)
+
+
+@partial(jax.jit, static_argnames=("model", "mesh", "size", "weighted"))
+def _init_from_sample(
+    model: Any,
+    mesh: Mesh,
+    size: int,
+    weighted: bool,
+    keys: Array,
+    x: Any,
+    weights: Array | None,
+    row_offsets: Array,
+) -> Any:
+    def local(keys: Array, x: Any, weights: Array | None, row_offsets: Array) -> Any:
+        def one(key: Array) -> Any:
+            key_sample, key_init = jax.random.split(key)
+            sample, sample_weights = sample_rows(
+                key_sample,
+                x,
+                weights,
+                size,
+                weighted=weighted,
+                axis_name=DATA_AXIS,
+                row_offset=row_offsets[0],
+            )
+            return model.init(key_init, sample, sample_weights)
+
+        return jax.vmap(one)(keys)
+
+    specs = (P(RESTART_AXIS), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS))
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=specs, out_specs=P(RESTART_AXIS), check_vma=False
+    )(keys, x, weights, row_offsets)
 
 
 @partial(jax.jit, static_argnames=("algo", "mesh", "max_iter", "verbose"))
@@ -278,10 +352,12 @@ def _fit_on_mesh(
         )
     if lanes is None and restart_shards != 1:
         raise ValueError("A single fit needs a mesh with 1 restart shard: use data_mesh().")
-    x, weights = shard_rows(x, weights, mesh)
-    x, weights = prepare_data(x, weights)
+    weights_given = weights is not None
+    placed = _place_rows(x, weights, mesh)
+    x, weights = prepare_data(placed.x, placed.weights)
+    placed = placed._replace(x=x, weights=weights)
     algo = _resolve(algo, x, 1 if lanes is None else lanes)
-    params = _lanes_on_mesh(algo, init, x, weights, mesh, lanes)
+    params = _lanes_on_mesh(algo, init, placed, weights_given, mesh, lanes)
     tol = jnp.asarray(tol, jax.tree.leaves(x)[0].dtype)
     return _fit_lanes(algo, mesh, params, x, weights, tol, max_iter, verbose)
 
@@ -302,7 +378,8 @@ def fit_sharded(
     ``x`` (and ``weights``) are the rows this process holds: all of them on one host, its own shard
     under several processes (every process calls this with the same other arguments). From the
     same initial parameters the result equals :func:`jaxem.fit` on all the rows, to rounding. A key
-    draws the initial parameters from the sharded (padded) rows.
+    draws the same initial parameters as :func:`jaxem.fit` does, from a bounded sample of the rows
+    that the shards contribute in place (see :mod:`jaxem.core.subsample`).
 
     Example:
         >>> import jax, jaxem

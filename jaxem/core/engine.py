@@ -18,6 +18,7 @@ from jaxem.core.accelerate import make_accelerator
 from jaxem.core.estep import default_chunk_size, num_rows, reduce_chunks, total_weight
 from jaxem.core.model import Model
 from jaxem.core.mstep import ClosedForm, MStep, apply_mstep, init_mstep_state
+from jaxem.core.subsample import initial_params
 
 Array = jax.Array
 
@@ -67,6 +68,17 @@ class EM:
     """A configured EM algorithm (frozen and hashable, so jit caches compiled fits by value).
 
     Build it with :func:`em`.
+
+    Example:
+        >>> import jax, jaxem
+        >>> x = jax.random.normal(jax.random.key(0), (200, 2))
+        >>> algo = jaxem.em(jaxem.Mixture(jaxem.Gaussian(2)))
+        >>> algo == jaxem.em(jaxem.Mixture(jaxem.Gaussian(2)))  # equal settings, one compilation
+        True
+        >>> params = algo.model.init(jax.random.key(0), x, None)
+        >>> new_params, objective = jax.jit(algo.step)(params, x, None)  # one EM iteration
+        >>> bool(algo.objective(new_params, x, None) >= objective)
+        True
     """
 
     model: Model
@@ -261,13 +273,15 @@ def _fit_from_params(algo, params, x, weights, tol, max_iter, verbose):
 
 @partial(jax.jit, static_argnames=("algo", "max_iter", "verbose"))
 def _fit_from_key(algo, key, x, weights, tol, max_iter, verbose):
-    return _run(algo, algo.model.init(key, x, weights), x, weights, tol, max_iter, verbose)
+    params = initial_params(algo.model, key, x, weights)
+    return _run(algo, params, x, weights, tol, max_iter, verbose)
 
 
 @partial(jax.jit, static_argnames=("algo", "max_iter", "verbose"))
 def _fit_restarts_from_keys(algo, keys, x, weights, tol, max_iter, verbose):
     def one(key):
-        return _run(algo, algo.model.init(key, x, weights), x, weights, tol, max_iter, verbose)
+        params = initial_params(algo.model, key, x, weights)
+        return _run(algo, params, x, weights, tol, max_iter, verbose)
 
     return jax.vmap(one)(keys)
 
@@ -391,7 +405,8 @@ def fit(
 
     Args:
         algo: from :func:`em`.
-        init: a PRNG key (parameters are drawn by ``algo.model.init``) or initial parameters.
+        init: a PRNG key (parameters are drawn by ``algo.model.init``, from a sample of 65536 rows
+            when there are more: see :mod:`jaxem.core.subsample`) or initial parameters.
         x: data, one row per point (an array, or a pytree of arrays sharing the row axis).
         weights: optional non-negative weight per row.
         max_iter: the most EM iterations.

@@ -1,0 +1,170 @@
+"""Initialisation from a key on a bounded sample of the rows: the sample is the same for every
+chunking and every number of devices, so a sharded fit from a key equals the fit on one device,
+and no device gathers more than its shard and the sample."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_parallel import REPO, run_on_four_devices
+
+import jaxem
+from jaxem.core import subsample
+
+NUM_POINTS = 1001  # not divisible by 4: the last shard is padded with weight-0 rows
+SAMPLE_ROWS = 256  # the sample's size in these tests: below NUM_POINTS, so the sample is used
+MAX_ITER = 5
+
+
+def make_data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    centres = np.array([[4.0, 0.0], [-4.0, 1.0], [0.0, -4.0]])
+    x = centres[rng.integers(0, 3, NUM_POINTS)] + rng.normal(size=(NUM_POINTS, 2))
+    return x, rng.uniform(0.5, 2.0, NUM_POINTS)
+
+
+def make_algo() -> jaxem.EM:
+    # A chunk size of its own, so that no compiled fit is shared with tests that use the full
+    # sample size.
+    return jaxem.em(jaxem.Mixture(jaxem.Gaussian(3)), chunk_size=97)
+
+
+WORKER = """
+import re, sys
+import jax
+import numpy as np
+from jaxem import parallel
+from jaxem.core import subsample
+sys.path.insert(0, {tests!r})
+from test_parallel_init import MAX_ITER, SAMPLE_ROWS, make_algo, make_data
+
+subsample.SAMPLE_ROWS = SAMPLE_ROWS
+assert len(jax.devices()) == 4 and jax.config.jax_enable_x64
+x, weights = make_data()
+algo = make_algo()
+fit = dict(max_iter=MAX_ITER, tol=0.0)
+results = {{
+    "single": parallel.fit_sharded(algo, jax.random.key(1), x, **fit),
+    "weighted": parallel.fit_sharded(algo, jax.random.key(2), x, weights, **fit),
+    "lanes": parallel.fit_restarts_sharded(
+        algo, jax.random.key(7), x, num_restarts=4,
+        mesh=parallel.data_mesh(num_restart_shards=2), **fit
+    )[1],
+}}
+out = {{
+    f"{{name}}_{{i}}": np.asarray(leaf)
+    for name, result in results.items()
+    for i, leaf in enumerate(jax.tree.leaves(result))
+}}
+# The largest array any collective of the sharded initialisation gathers.
+mesh = parallel.data_mesh()
+placed = parallel._place_rows(np.concatenate([x] * 8), None, mesh)
+keys = jax.random.split(jax.random.key(0), 1)
+hlo = parallel._init_from_sample.lower(
+    algo.model, mesh, SAMPLE_ROWS, False, keys, placed.x, placed.weights, placed.row_offsets
+).compile().as_text()
+gathers = [line for line in hlo.splitlines() if " all-gather(" in line]
+sizes = [
+    int(np.prod([int(d) for d in dims.split(",") if d]))
+    for line in gathers
+    for dims in re.findall(r"\\[([\\d,]*)\\]", line.split(" all-gather(")[0].split("=", 1)[1])
+]
+out["gathered"] = np.asarray(max(sizes))
+out["num_gathers"] = np.asarray(len(sizes))
+np.savez({out!r}, **out)
+"""
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("init")
+    out = tmp / "out.npz"
+    run_on_four_devices(WORKER.format(tests=str(REPO / "tests"), out=str(out)), tmp)
+    return dict(np.load(out))
+
+
+@pytest.fixture
+def small_sample(monkeypatch):
+    monkeypatch.setattr(subsample, "SAMPLE_ROWS", SAMPLE_ROWS)
+
+
+def assert_same_fit(out, name, expected):
+    leaves = jax.tree.leaves(expected)
+    for i, leaf in enumerate(leaves):
+        got = out[f"{name}_{i}"]
+        assert got.shape == leaf.shape
+        np.testing.assert_allclose(got, leaf, rtol=0, atol=1e-10)
+
+
+@pytest.mark.timeout(280)
+def test_sharded_fits_from_keys_on_a_sample_equal_one_device(sharded, small_sample):
+    x, weights = make_data()
+    fit = dict(max_iter=MAX_ITER, tol=0.0)
+    algo = make_algo()
+    assert_same_fit(sharded, "single", jaxem.fit(algo, jax.random.key(1), x, **fit))
+    assert_same_fit(sharded, "weighted", jaxem.fit(algo, jax.random.key(2), x, weights, **fit))
+    _, lanes = jaxem.fit_restarts(algo, jax.random.key(7), x, num_restarts=4, **fit)
+    assert_same_fit(sharded, "lanes", lanes)
+
+
+@pytest.mark.timeout(280)
+def test_sharded_initialisation_gathers_only_the_candidate_lists(sharded):
+    # 8008 rows over 4 devices: the collectives move the 4 lists of SAMPLE_ROWS + 1 candidates and
+    # the sample (SAMPLE_ROWS x 2), never the data.
+    assert int(sharded["num_gathers"]) > 0
+    assert int(sharded["gathered"]) <= 4 * (SAMPLE_ROWS + 1)
+
+
+@pytest.mark.timeout(60)
+def test_sample_is_the_same_for_every_chunking(monkeypatch):
+    x, weights = make_data()
+    draw = jax.jit(subsample.sample_rows, static_argnames=("size",))
+    whole = draw(jax.random.key(3), x, weights, size=300)
+    monkeypatch.setattr(subsample, "_RANK_CHUNK_ROWS", 77)
+    chunked = jax.jit(subsample.sample_rows, static_argnames=("size",))(
+        jax.random.key(3), x, weights, size=300
+    )
+    np.testing.assert_array_equal(whole[0], chunked[0])
+    np.testing.assert_array_equal(whole[1], chunked[1])
+
+
+@pytest.mark.timeout(60)
+def test_sample_rows_in_order_weights_estimate_the_total():
+    x, weights = make_data()
+    index = np.arange(NUM_POINTS, dtype=np.float64)[:, None]
+    weights = weights.copy()
+    weights[::2] = 0.0  # rows of weight 0 are never drawn while enough others remain
+    sample, sample_weights = subsample.sample_rows(
+        jax.random.key(4), jnp.asarray(index), jnp.asarray(weights), 200
+    )
+    rows = np.asarray(sample[:, 0]).astype(int)
+    assert np.all(np.diff(rows) > 0)
+    assert np.all(rows % 2 == 1)
+    # Priority sampling: weighted sums over the sample estimate those over all rows.
+    assert float(jnp.sum(sample_weights)) == pytest.approx(weights.sum(), rel=0.05)
+    assert np.all(np.asarray(sample_weights) >= weights[rows] - 1e-12)
+    unweighted, none = subsample.sample_rows(jax.random.key(4), jnp.asarray(x), None, 200)
+    assert none is None and unweighted.shape == (200, 2)
+
+
+@pytest.mark.timeout(60)
+def test_initial_params_use_all_rows_up_to_the_sample_size(small_sample):
+    x, _ = make_data()
+    model = make_algo().model
+    few = jnp.asarray(x[:SAMPLE_ROWS])
+    key = jax.random.key(5)
+    same = subsample.initial_params(model, key, few, None)
+    jax.tree.map(np.testing.assert_array_equal, same, model.init(key, few, None))
+    # One row more: the model initialises from the sample, with the second half of the key.
+    many = jnp.asarray(x[: SAMPLE_ROWS + 1])
+    key_sample, key_init = jax.random.split(key)
+    sample, _ = subsample.sample_rows(key_sample, many, None, SAMPLE_ROWS)
+    drawn = subsample.initial_params(model, key, many, None)
+    jax.tree.map(np.testing.assert_array_equal, drawn, model.init(key_init, sample, None))
+
+
+@pytest.mark.timeout(60)
+def test_sample_size_bounds_rows_and_bytes():
+    assert subsample.sample_size(np.zeros((3, 8), np.float32)) == subsample.SAMPLE_ROWS
+    long_rows = np.zeros((3, 1 << 20), np.float64)  # 8 MiB rows
+    assert subsample.sample_size(long_rows) == subsample.SAMPLE_BYTES // (8 << 20)
