@@ -14,7 +14,14 @@ NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_the_documented_notebooks_exist():
-    documented = {"quickstart.ipynb", "restarts.ipynb", "custom_model.ipynb", "heights.ipynb"}
+    documented = {
+        "quickstart.ipynb",
+        "restarts.ipynb",
+        "custom_model.ipynb",
+        "heights.ipynb",
+        "huge_data.ipynb",
+        "model_selection.ipynb",
+    }
     assert documented <= {path.name for path in NOTEBOOKS}
 
 
@@ -27,6 +34,8 @@ def test_notebook_runs(path, monkeypatch):
         "PYTHONPATH", os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
     )
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # Notebooks that show large data run on a small version of it here.
+    monkeypatch.setenv("JAXEM_NOTEBOOK_SMALL", "1")
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         notebook,
@@ -45,3 +54,11 @@ def test_notebook_runs(path, monkeypatch):
     assert not errors
     # Every code cell ran (an error would have stopped the client before the last one).
     assert all(cell.get("execution_count") for cell in notebook.cells if cell.cell_type == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
+def test_notebooks_are_stored_without_outputs(path):
+    notebook = nbformat.read(path, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code
+    assert not any(cell.get("outputs") or cell.get("execution_count") for cell in code)
