@@ -73,6 +73,18 @@ class Labelled(Components):
     Args:
         components: the family, e.g. ``jaxem.Bernoulli(10)``. A closed-form family keeps its closed
             form: ``Labelled(family)`` is then a :class:`LabelledConjugate`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, numpy as np, jaxem
+        >>> x = jnp.concatenate([jax.random.normal(jax.random.key(0), (50, 2)) - 3,
+        ...                      jax.random.normal(jax.random.key(1), (50, 2)) + 3])
+        >>> labels = np.full(100, -1)
+        >>> labels[[0, 99]] = [1, 0]  # two labelled rows; -1: unknown
+        >>> family = jaxem.Labelled(jaxem.Gaussian(2))
+        >>> result = jaxem.fit(jaxem.em(jaxem.Mixture(family)), jax.random.key(0),
+        ...                    family.data(x, labels))
+        >>> np.round(np.asarray(result.params.components.means[:, 0]))  # component 1 holds row 0
+        array([ 3., -3.])
     """
 
     components: Components

@@ -160,7 +160,17 @@ def bic(
 def aic(
     params: Any, model: Any, x: Any, weights: Any = None, *, chunk_size: int | None = None
 ) -> float:
-    """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
+    """Akaike information criterion ``-2 log L + 2 p`` (lower is better).
+
+    Example:
+        >>> import jax, jaxem
+        >>> x = jax.random.normal(jax.random.key(0), (100, 2))
+        >>> model = jaxem.Mixture(jaxem.Gaussian(2))
+        >>> params = jaxem.fit(jaxem.em(model), jax.random.key(0), x).params
+        >>> p = 2 * 2 + 2 * 3 + 1  # means, full covariances, free weights
+        >>> abs(aic(params, model, x) - (-2 * log_likelihood(params, model, x) + 2 * p)) < 1e-6
+        True
+    """
     loglik, _, _, p = _criteria_inputs(params, model, x, weights, chunk_size)
     return -2.0 * loglik + 2.0 * p
 
@@ -173,6 +183,14 @@ def icl(
     ``-2 log L + p log N + 2 sum_n H(r_n)``, lower is better; it penalises overlapping components
     (Biernacki, Celeux & Govaert, 2000; mclust's ``icl`` with the sign flipped). For a hidden
     Markov model the entropy is that of the posterior over whole state paths, ``H(z | x)``.
+
+    Example:
+        >>> import jax, jaxem
+        >>> x = jax.random.normal(jax.random.key(0), (100, 2))
+        >>> model = jaxem.Mixture(jaxem.Gaussian(2))
+        >>> params = jaxem.fit(jaxem.em(model), jax.random.key(0), x).params
+        >>> icl(params, model, x) >= bic(params, model, x)  # two overlapping components
+        True
     """
     if not hasattr(model, "entropy"):
         raise ValueError(
