@@ -327,6 +327,12 @@ def check_missing(array: np.ndarray, name: str = "x", *, check_columns: bool = T
         )
 
 
+@jax.jit
+def _all_finite_leaf(leaf: Array) -> Array:
+    # Jitted, so the check fuses into one reduction: eagerly it builds a boolean copy of the data.
+    return jnp.all(jnp.isfinite(leaf))
+
+
 def prepare_data(
     x: Any, weights: Any = None, *, allow_missing: bool = False
 ) -> tuple[Any, Array | None]:
@@ -364,7 +370,7 @@ def prepare_data(
     if allow_missing:
         for leaf in jax.tree.leaves(x):
             check_missing(np.asarray(leaf))
-    elif not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(x)):
+    elif not all(bool(_all_finite_leaf(leaf)) for leaf in jax.tree.leaves(x)):
         raise ValueError(
             "x contains NaN or infinity: remove or impute those values before fitting."
         )
