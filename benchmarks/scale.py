@@ -33,8 +33,8 @@ start = -raw.ctypes.data % 64
 host = raw[start : start + {n} * {d} * 4].view(np.float32).reshape({n}, {d})
 rng = np.random.default_rng(0)
 centres = 6.0 * rng.normal(size=({k}, {d}))
-for lo in range(0, {n}, 1 << 20):
-    hi = min(lo + (1 << 20), {n})
+for lo in range(0, {n}, 1 << 16):  # small chunks: few temporaries
+    hi = min(lo + (1 << 16), {n})
     host[lo:hi] = centres[rng.integers(0, {k}, hi - lo)] + rng.normal(size=(hi - lo, {d}))
 x = jax.device_put(host)  # aligned: used in place, no copy
 del host
@@ -72,9 +72,9 @@ def _seconds(code: str) -> float:
     )
 
 
-def in_memory(n: int, sklearn_max: int) -> dict:
+def in_memory(n: int, sklearn_max: int, iters: int) -> dict:
     data = MAKE_DATA.format(n=n, d=D, k=K)
-    fit = "import jaxem\n" + data + FIT.format(k=K, iters=ITERS)
+    fit = "import jaxem\n" + data + FIT.format(k=K, iters=iters)
     imports = peak_rss_of(IMPORTS)
     data_only = peak_rss_of("import jaxem\n" + data)
     peak = peak_rss_of(fit)
@@ -83,7 +83,7 @@ def in_memory(n: int, sklearn_max: int) -> dict:
     row = dict(
         n=n,
         jaxem_s=seconds,
-        jaxem_pts_iter_per_s=n * ITERS / seconds,
+        jaxem_pts_iter_per_s=n * iters / seconds,
         data_mib=data_mib,
         rss_imports_only_mib=imports,
         rss_data_only_mib=data_only,
@@ -98,7 +98,7 @@ def in_memory(n: int, sklearn_max: int) -> dict:
         namespace: dict = {}
         exec(data, namespace)
         x = np.asarray(namespace["x"])
-        reference = GaussianMixture(K, max_iter=ITERS, tol=0.0, init_params="random_from_data")
+        reference = GaussianMixture(K, max_iter=iters, tol=0.0, init_params="random_from_data")
         start = time.perf_counter()
         reference.fit(x)
         row["sklearn_s"] = time.perf_counter() - start
@@ -155,9 +155,7 @@ def main() -> None:
     parser.add_argument("--ooc-chunk", type=int, default=1 << 20)
     parser.add_argument("--iters", type=int, default=ITERS, help="EM iterations per in-memory fit")
     args = parser.parse_args()
-    global ITERS
-    ITERS = args.iters
-    rows = [in_memory(int(n), int(args.sklearn_max)) for n in args.sizes]
+    rows = [in_memory(int(n), int(args.sklearn_max), args.iters) for n in args.sizes]
     print_table(
         rows,
         [
@@ -173,7 +171,7 @@ def main() -> None:
             "fit_over_data",
         ],
     )
-    record = {"machine": machine_info(), "d": D, "k": K, "iters": ITERS, "in_memory": rows}
+    record = {"machine": machine_info(), "d": D, "k": K, "iters": args.iters, "in_memory": rows}
     if args.ooc_rows:
         with tempfile.TemporaryDirectory() as folder:
             ooc = out_of_core(int(args.ooc_rows), args.ooc_chunk, Path(folder))
