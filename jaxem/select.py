@@ -30,6 +30,7 @@ from jaxem import init as initializers
 from jaxem.core.engine import FitResult, Status, em, fit_restarts, is_key, prepare_data
 from jaxem.core.estep import default_chunk_size, num_rows, reduce_chunks, total_weight
 from jaxem.core.mixture import Mixture, MixtureParams
+from jaxem.core.model import count_free_parameters
 from jaxem.hmm.model import HiddenMarkovModel, Sequences
 from jaxem.models.gaussian import COVARIANCE_TYPES, Gaussian, GaussianParams
 
@@ -56,13 +57,8 @@ def num_parameters(model: Any, num_features: int) -> int:
         20
     """
     counted = model.components if isinstance(model, Mixture) else model
-    if not hasattr(counted, "num_free_parameters"):
-        raise ValueError(
-            f"{type(counted).__name__} does not define num_free_parameters(num_features), which "
-            "the information criteria need: add that method to the family."
-        )
     extra = model.num_components - 1 if isinstance(model, Mixture) else 0
-    return int(counted.num_free_parameters(num_features)) + extra
+    return count_free_parameters(counted, num_features) + extra
 
 
 def _chunk_size_for(model: Any, x: Array, chunk_size: int | None, lanes: int = 1) -> int:

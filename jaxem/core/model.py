@@ -106,3 +106,21 @@ class ConjugateComponents(Components):
         """Every block by default; a family whose ``m_step`` updates only some blocks (and passes
         the others through) marks the others ``False`` so the gradient M-step optimises them."""
         return True
+
+
+def count_free_parameters(family: Any, num_features: int) -> int:
+    """``family.num_free_parameters(num_features)``, the count BIC, AIC and ICL need, or a
+    ``ValueError`` saying that the family lacks the method.
+
+    Example:
+        >>> import jaxem
+        >>> count_free_parameters(jaxem.Gaussian(2, "spherical"), 3)
+        8
+    """
+    count = getattr(family, "num_free_parameters", None)
+    if count is None:
+        raise ValueError(
+            f"{type(family).__name__} does not define num_free_parameters(num_features), which "
+            "the information criteria need: add that method to the family."
+        )
+    return int(count(num_features))

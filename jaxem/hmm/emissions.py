@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax.nn import logsumexp
 
 from jaxem.core.constraints import Simplex
-from jaxem.core.model import ConjugateComponents
+from jaxem.core.model import ConjugateComponents, count_free_parameters
 
 Array = jax.Array
 
@@ -126,13 +126,8 @@ class MixtureEmissions(ConjugateComponents):
 
     def num_free_parameters(self, num_features: int) -> int:
         """``M - 1`` mixture weights per state plus the inner family's ``K x M`` components."""
-        count = getattr(self.inner, "num_free_parameters", None)
-        if count is None:
-            raise ValueError(
-                f"{type(self.inner).__name__} does not define num_free_parameters(num_features), "
-                "which the information criteria need: add that method to the inner family."
-            )
-        return self.num_components * (self.num_mixture - 1) + int(count(num_features))
+        weights = self.num_components * (self.num_mixture - 1)
+        return weights + count_free_parameters(self.inner, num_features)
 
     def constraints(self) -> MixtureEmissionParams:
         return MixtureEmissionParams(Simplex(), self.inner.constraints())

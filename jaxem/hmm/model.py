@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxem.core.constraints import Simplex
 from jaxem.core.estep import weighted_sum
-from jaxem.core.model import Components, ConjugateComponents
+from jaxem.core.model import Components, ConjugateComponents, count_free_parameters
 from jaxem.hmm.inference import INFERENCE_METHODS, Smoothed, forward_backward, viterbi
 
 Array = jax.Array
@@ -394,15 +394,8 @@ class HiddenMarkovModel:
             >>> HiddenMarkovModel(jaxem.Gaussian(3, "diag")).num_free_parameters(2)
             20
         """
-        count = getattr(self.emissions, "num_free_parameters", None)
-        if count is None:
-            raise ValueError(
-                f"{type(self.emissions).__name__} does not define "
-                "num_free_parameters(num_features), which the information criteria need: add "
-                "that method to the emission family."
-            )
         k = self.num_components
-        return (k - 1) + k * (k - 1) + int(count(num_features))
+        return (k - 1) + k * (k - 1) + count_free_parameters(self.emissions, num_features)
 
     def num_observations(self, x: Sequences, weights: Array | None) -> Array:
         """The (weighted) number of real time steps, the sample size of BIC for an HMM."""

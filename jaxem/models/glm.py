@@ -32,7 +32,7 @@ import numpy as np
 from jax.scipy.special import gammaln
 
 from jaxem.core.mixture import Mixture, MixtureStats
-from jaxem.core.model import Components, ConjugateComponents
+from jaxem.core.model import Components, ConjugateComponents, count_free_parameters
 from jaxem.models.closed_form import check_init_method, check_num_components
 from jaxem.models.regression import LinearRegression, check_regression_data
 
@@ -315,14 +315,8 @@ class GatedMixture:
     def num_free_parameters(self, num_features: int) -> int:
         """The gate's ``(K - 1) (P + 1)`` (softmax logits are defined up to a common shift) plus
         the experts' parameters, for ``P = num_features`` covariates."""
-        count = getattr(self.components, "num_free_parameters", None)
-        if count is None:
-            raise ValueError(
-                f"{type(self.components).__name__} does not define "
-                "num_free_parameters(num_features), which the information criteria need: add "
-                "that method to the experts' family."
-            )
-        return (self.num_components - 1) * (num_features + 1) + int(count(num_features))
+        gate = (self.num_components - 1) * (num_features + 1)
+        return gate + count_free_parameters(self.components, num_features)
 
     def check_data(self, x: Any) -> None:
         """The experts' data check (a pair ``(covariates, target)``)."""
