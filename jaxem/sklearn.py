@@ -346,11 +346,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
         state = getattr(self, "_online_state", None)
         if state is None or state.params is not getattr(self, "_online_params", None):
             if hasattr(self, "params_"):
-                if num_features != self.n_features_in_:
-                    raise ValueError(
-                        f"X has {num_features} features, but the model was fitted with "
-                        f"{self.n_features_in_}: pass rows with the same features."
-                    )
+                validation.check_num_features(array, self.n_features_in_, type(self).__name__)
                 model = self.model_
                 params = jax.tree.map(lambda a: jnp.asarray(a, x.dtype), self.params_)
             else:
@@ -364,11 +360,8 @@ class MixtureModel(*_ESTIMATOR_BASES):
                     else jax.tree.map(lambda a: a[0], init)
                 )
             state = OnlineEM(model).init(params)
-        elif num_features != self.n_features_in_:
-            raise ValueError(
-                f"X has {num_features} features, but the model was fitted with "
-                f"{self.n_features_in_}: pass rows with the same features."
-            )
+        else:
+            validation.check_num_features(array, self.n_features_in_, type(self).__name__)
         online = OnlineEM(self.model_ if hasattr(self, "model_") else model)
         state, batch_objective = jax.jit(type(online).update, static_argnums=0)(
             online, state, x, weights

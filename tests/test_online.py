@@ -92,5 +92,7 @@ def test_partial_fit_approaches_fit(problem):
     reference = jaxem.GaussianMixture(3, random_state=0, tol=1e-8, max_iter=500).fit(x)
     # Stated tolerance: one pass of 20 mini-batches is within 5e-3 nats per point of the fit.
     assert abs(estimator.score(x) - reference.score(x)) < 5e-3
-    with pytest.raises(ValueError, match="X has 3 features, but the model was fitted with 2"):
+    with pytest.raises(
+        ValueError, match="X has 3 features, but GaussianMixture is expecting 2 features as input"
+    ):
         estimator.partial_fit(np.ones((10, 3)))
