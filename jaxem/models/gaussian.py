@@ -150,21 +150,23 @@ class Gaussian(ConjugateComponents):
         z = moved[:, None, :] - (means - shift)[None, :, :]
         return z * (u[None] if self.covariance_type == "diag" else u[None, :, None])
 
-    def _expanded(self, dtype: Any, for_stats: bool) -> bool:
+    def _expanded(self, dtype: Any) -> bool:
         """Whether to evaluate the quadratic forms by their expansion about the chunk's shift.
 
-        The expansion turns the E-step and the statistics into products with shared data features,
-        but it cancels terms of size ``|x - shift|^2 / variance``: its error is ``eps`` times that
-        ratio. In the log-densities of float64 data that is far below anything that matters. Full
-        and tied statistics (and float32 full/tied densities) keep the difference-then-product
-        form, whose error is only linear in that ratio, still one product with the shared data.
-        Diagonal families always expand: their alternative is elementwise work over ``[C, K, D]``,
-        slower than scikit-learn (which expands about the origin).
+        The expansion turns the E-step and the statistics into products with data features that
+        every restart shares (under ``vmap`` only the small coefficient matrices are per lane), but
+        it cancels terms of size ``|x - shift|^2 / variance``: its error is ``eps`` times that
+        ratio. In float64 that is far below anything that matters, so full covariances expand
+        there, and the statistics reuse the E-step's features. Float32 full and tied forms (and
+        tied statistics) keep the difference-then-product form, whose error is only linear in that
+        ratio, still one product with the shared data. Diagonal families always expand: their
+        alternative is elementwise work over ``[C, K, D]``, slower than scikit-learn (which expands
+        about the origin).
         """
         if self.covariance_type in ("diag", "spherical"):
             return True
-        if for_stats or self.covariance_type == "tied":
-            return False  # tied: one shared [C, D] x [D, D] product is cheaper than features
+        if self.covariance_type == "tied":
+            return False  # one shared [C, D] x [D, D] product is cheaper than features
         return jnp.dtype(dtype) == jnp.float64
 
     def log_det_precision_cholesky(self, params: GaussianParams) -> Array:
@@ -185,7 +187,7 @@ class Gaussian(ConjugateComponents):
         moved = x - shift
         log_det = self.log_det_precision_cholesky(params)
         constant = log_det - 0.5 * d * math.log(2 * math.pi)
-        if not self._expanded(x.dtype, for_stats=False):
+        if not self._expanded(x.dtype):
             y = self._whitened(params, moved, shift)
             return constant - 0.5 * jnp.sum(y * y, axis=-1)
         # -|x - mu|^2_P / 2 = phi(x - s) . w_k + c_k: one [C, F] x [F, K] product.
@@ -226,18 +228,27 @@ class Gaussian(ConjugateComponents):
         moved = x - shift
         counts = jnp.sum(resp, axis=0)
         centred = params.means - shift
-        if self._expanded(x.dtype, for_stats=True):
-            # Diagonal moments about the shift as one [K, C] x [C, 2 D] product with the shared
-            # features, then moved to each component's old mean c: with a = c - s,
-            # sum r (x-c)^2 = S - 2 a F + N a^2.
-            moments = resp.T @ _features(moved, full=False)
-            first_about_shift = moments[:, d:]
+        if self._expanded(x.dtype):
+            # Moments about the shift as one [K, C] x [C, F] product with the shared features, then
+            # moved to each component's old mean c: with a = c - s and F = sum r (x - s),
+            # sum r (x-c)(x-c)^T = S - a F^T - F a^T + N a a^T (diagonal: S - 2 a F + N a^2).
+            moments = resp.T @ _features(moved, full=self._full_features)
+            first_about_shift = moments[:, -d:]
             first = first_about_shift - counts[:, None] * centred
-            second = (
-                moments[:, :d]
-                - 2 * centred * first_about_shift
-                + counts[:, None] * centred * centred
-            )
+            if self._full_features:
+                outer = centred[:, :, None] * first_about_shift[:, None, :]
+                second = (
+                    moments[:, :-d].reshape(k, d, d)
+                    - outer
+                    - jnp.swapaxes(outer, -1, -2)
+                    + counts[:, None, None] * centred[:, :, None] * centred[:, None, :]
+                )
+            else:
+                second = (
+                    moments[:, :d]
+                    - 2 * centred * first_about_shift
+                    + counts[:, None] * centred * centred
+                )
             return GaussianStats(counts, first, second)
         # sum r z z^T about each component's old mean, as one [K D, C] x [C, D] product: with
         # z = x - mean_k = moved - centred_k, sum r z z^T = sum r z moved^T - first centred_k^T. The
