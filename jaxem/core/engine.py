@@ -329,8 +329,16 @@ def check_missing(array: np.ndarray, name: str = "x", *, check_columns: bool = T
 
 @jax.jit
 def _all_finite_leaf(leaf: Array) -> Array:
-    # Jitted, so the check fuses into one reduction: eagerly it builds a boolean copy of the data.
-    return jnp.all(jnp.isfinite(leaf))
+    # The largest magnitude is finite iff every value is (max propagates NaN). A max reduction fuses
+    # with abs, while XLA's CPU backend builds a boolean copy of the data for all(isfinite) at
+    # 10^7 rows (76 MiB for 10^7 x 8).
+    return jnp.isfinite(jnp.max(jnp.abs(leaf), initial=0))
+
+
+@jax.jit
+def _weights_ok(weights: Array) -> tuple[Array, Array, Array]:
+    # One fused pass, no boolean temporaries of length N: finite, non-negative, some positive.
+    return jnp.isfinite(jnp.max(jnp.abs(weights))), jnp.min(weights) >= 0, jnp.max(weights) > 0
 
 
 def prepare_data(
@@ -381,9 +389,10 @@ def prepare_data(
             raise ValueError(
                 f"weights has shape {weights.shape} but x has {n} rows: pass one weight per row."
             )
-        if not bool(jnp.all(jnp.isfinite(weights))) or bool(jnp.any(weights < 0)):
+        finite, non_negative, positive = _weights_ok(weights)
+        if not bool(finite) or not bool(non_negative):
             raise ValueError("weights must be finite and non-negative.")
-        if not bool(jnp.any(weights > 0)):
+        if not bool(positive):
             raise ValueError("weights are all zero: at least one point must have positive weight.")
     return x, weights
 
