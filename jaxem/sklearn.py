@@ -30,6 +30,7 @@ from jaxem.core.estep import default_chunk_size, reduce_chunks
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import Components
 from jaxem.core.mstep import default_mstep
+from jaxem.core.subsample import initial_params
 from jaxem.init import nearest_center
 from jaxem.labels import Labelled, check_labels
 from jaxem.missing import MISSING_OPTIONS, fill_column_means, impute, marginalize_missing
@@ -355,7 +356,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
                 key = jax.random.key(validation.check_random_state(self.random_state))
                 init = self._initial_params(model, key[None], x, weights, checked)
                 params = (
-                    jax.jit(model.init)(key, x, weights)
+                    jax.jit(initial_params, static_argnums=0)(model, key, x, weights)
                     if init is None
                     else jax.tree.map(lambda a: a[0], init)
                 )
@@ -675,7 +676,7 @@ def _gaussian_initial_params(
         return MixtureParams(counts / jnp.sum(counts), components)
 
     def one(key: Array) -> MixtureParams:
-        params = model.init(key, x, weights) if means_init is None else from_means()
+        params = initial_params(model, key, x, weights) if means_init is None else from_means()
         components = params.components
         if precisions_init is not None:
             components = gaussian.params_from_precisions(components.means, precisions_init)

@@ -3,10 +3,17 @@ bounded sample of the rows everywhere a fit starts from a key."""
 
 from __future__ import annotations
 
+import re
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxem
+from jaxem.core import subsample
 from jaxem.core.engine import prepare_data
+from jaxem.sklearn import _gaussian_initial_params
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,7 +50,89 @@ def test_weight_check_finds_one_bad_weight(value, message):
     weights = np.ones(100)
     prepare_data(x, weights)
     weights[63] = value
-    with pytest.raises(ValueError, match=f"^{message}$"):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         prepare_data(x, weights)
-    with pytest.raises(ValueError, match="^weights are all zero"):
+    with pytest.raises(ValueError, match=r"^weights are all zero"):
         prepare_data(x, np.zeros(100))
+
+
+# ---- every entry point that starts from a key starts where jaxem.fit does ----------------------
+
+SAMPLE_ROWS = 64  # below the 300 rows of these tests, so the initialisation uses a sample
+
+
+@pytest.fixture
+def small_sample(monkeypatch):
+    monkeypatch.setattr(subsample, "SAMPLE_ROWS", SAMPLE_ROWS)
+
+
+def clustered_data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    centres = np.array([[5.0, 0.0], [-5.0, 1.0], [0.0, -5.0]])
+    x = centres[rng.integers(0, 3, 300)] + rng.normal(size=(300, 2))
+    return x, rng.uniform(0.5, 2.0, 300)
+
+
+def sampled_algo() -> jaxem.EM:
+    # A chunk size of its own, so that no fit compiled with the full sample size is reused.
+    return jaxem.em(jaxem.Mixture(jaxem.Gaussian(3)), chunk_size=101)
+
+
+def assert_same(a, b, rtol=1e-12):
+    for left, right in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(left, right, rtol=rtol, atol=1e-12)
+
+
+def assert_differ(a, b):
+    assert any(
+        not np.allclose(left, right)
+        for left, right in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+def test_the_sample_changes_the_start(small_sample):
+    """The other tests of this section would pass trivially if the sample gave the same start."""
+    x, _ = clustered_data()
+    model = sampled_algo().model
+    key = jax.random.key(0)
+    assert_differ(
+        subsample.initial_params(model, key, jnp.asarray(x), None),
+        model.init(key, jnp.asarray(x), None),
+    )
+
+
+def test_pruned_restarts_start_where_fit_restarts_do(small_sample):
+    x, weights = clustered_data()
+    algo = sampled_algo()
+    fit = dict(num_restarts=3, max_iter=4, tol=0.0)
+    _, plain = jaxem.fit_restarts(algo, jax.random.key(2), x, weights, **fit)
+    # prune_every above max_iter: no lane is ever cut, so every lane is the unpruned fit.
+    _, pruned = jaxem.fit_restarts_pruned(
+        algo, jax.random.key(2), x, weights, prune_every=10, **fit
+    )
+    assert_same(pruned.params, plain.params, rtol=1e-10)
+    np.testing.assert_allclose(pruned.history, plain.history, rtol=1e-10)
+
+
+def test_bound_trace_starts_where_fit_does(small_sample):
+    x, weights = clustered_data()
+    algo = sampled_algo()
+    trace = jaxem.trace_bound(algo, jax.random.key(3), x, weights, num_iters=3)
+    result = jaxem.fit(algo, jax.random.key(3), x, weights, max_iter=3, tol=0.0)
+    np.testing.assert_allclose(trace.log_likelihood[:3], result.history, rtol=1e-10)
+    assert_same(trace.params, result.params, rtol=1e-10)
+
+
+def test_estimator_user_weights_start_from_the_sampled_parameters(small_sample):
+    """Given only ``weights_init``, the estimator takes the rest of its start from
+    :func:`initial_params` with the restart's key, as the fit from that key does."""
+    x, _ = clustered_data()
+    x = jnp.asarray(x)
+    model = sampled_algo().model
+    keys = jax.random.split(jax.random.key(4), 2)
+    weights_init = jnp.array([0.2, 0.3, 0.5])
+    starts = _gaussian_initial_params(model, keys, x, None, weights_init, None, None)
+    for lane in range(2):
+        expected = subsample.initial_params(model, keys[lane], x, None)
+        assert_same(jax.tree.map(lambda a, i=lane: a[i], starts.components), expected.components)
+        np.testing.assert_array_equal(starts.weights[lane], weights_init)

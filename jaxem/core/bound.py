@@ -24,8 +24,10 @@ from jax import lax
 from jaxem.core.engine import EM, _resolve, is_key, prepare_data
 from jaxem.core.estep import reduce_chunks, total_weight
 from jaxem.core.mstep import expected_objective, init_mstep_state
+from jaxem.core.subsample import initial_params
 
 Array = jax.Array
+_initial_params = jax.jit(initial_params, static_argnums=0)
 
 
 class BoundTrace(NamedTuple):
@@ -101,7 +103,8 @@ def trace_bound(
             )
     x, weights = prepare_data(x, weights)
     algo = _resolve(algo, x)
-    params = algo.model.init(init, x, weights) if is_key(init) else init
+    # From a key, the parameters jaxem.fit starts from (a sample of the rows when there are many).
+    params = _initial_params(algo.model, init, x, weights) if is_key(init) else init
     return _trace(algo, params, x, weights, num_iters)
 
 

@@ -27,6 +27,7 @@ from jaxem.core.engine import (
     is_key,
     prepare_data,
 )
+from jaxem.core.subsample import initial_params
 
 Array = jax.Array
 
@@ -40,7 +41,7 @@ def _start(
 
 @partial(jax.jit, static_argnames=("algo", "max_iter"))
 def _start_from_keys(algo, keys, x, weights, tol, max_iter):
-    params = jax.vmap(lambda k: algo.model.init(k, x, weights))(keys)
+    params = jax.vmap(lambda k: initial_params(algo.model, k, x, weights))(keys)
     return jax.vmap(lambda p: _run(algo, p, x, weights, tol, max_iter, 0, pause_at=0))(params)
 
 
