@@ -31,12 +31,7 @@ import sys
 import time
 import warnings
 
-# benchmarks/select.py shadows the standard library's select (which JAX needs through subprocess)
-# while this folder leads sys.path: load the real one first, then put the folder back for common.
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
-import select  # noqa: E402, F401
-
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # common.py, and jaxem without installing it
 os.environ.setdefault("JAX_ENABLE_X64", "1")
 
@@ -269,9 +264,15 @@ def main() -> None:
     parser.add_argument("--skip-restarts", action="store_true")
     parser.add_argument("--covariance-types", default="full,diag")
     parser.add_argument("--dtypes", default="float64,float32")
+    parser.add_argument(
+        "--cases",
+        help="N x D x K cases to run instead of the defaults, e.g. 100000x16x16,20000x64x32",
+    )
     args = parser.parse_args()
 
     cases = QUICK_CASES if args.quick else FULL_CASES
+    if args.cases:
+        cases = [tuple(int(v) for v in case.split("x")) for case in args.cases.split(",")]
     iters = 3 if args.quick else args.iters
     dtypes = args.dtypes.split(",")
     peaks = {dt: matmul_peak_gflops(dt, 1024 if args.quick else 2048) for dt in dtypes}

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 from jaxem import init as initializers
@@ -74,15 +75,25 @@ def _chunk_shift(x: Array) -> Array:
 def _features(moved: Array, full: bool) -> Array:
     """Quadratic and linear features of ``moved = x - shift`` ``[C, F]``.
 
-    Full: ``moved moved^T`` flattened, then ``moved`` (``F = D^2 + D``; the whole outer product
-    rather than its upper triangle, because gathering the triangle's columns costs more than the
-    product saves); diagonal: ``moved^2`` then ``moved`` (``F = 2 D``).
+    Full: the upper triangle of ``moved moved^T`` row by row (``np.triu_indices`` order), then
+    ``moved`` (``F = D (D + 1) / 2 + D``); diagonal: ``moved^2`` then ``moved`` (``F = 2 D``). The
+    triangle is built from contiguous slices, not gathered: a gather of its columns costs more than
+    the halved product saves, the slices fuse into one pass.
     """
     if full:
-        quadratic = (moved[:, :, None] * moved[:, None, :]).reshape(moved.shape[0], -1)
-    else:
-        quadratic = moved * moved
-    return jnp.concatenate([quadratic, moved], axis=-1)
+        d = moved.shape[-1]
+        quadratic = [moved[:, i : i + 1] * moved[:, i:] for i in range(d)]
+        return jnp.concatenate([*quadratic, moved], axis=-1)
+    return jnp.concatenate([moved * moved, moved], axis=-1)
+
+
+def _triangle_positions(d: int) -> np.ndarray:
+    """``[D, D]`` positions of entry ``(i, j)`` in the row-major upper triangle (symmetric)."""
+    rows, cols = np.triu_indices(d)
+    positions = np.zeros((d, d), dtype=np.int32)
+    positions[rows, cols] = np.arange(rows.size)
+    positions[cols, rows] = np.arange(rows.size)
+    return positions
 
 
 @dataclass(frozen=True)
@@ -206,7 +217,10 @@ class Gaussian(ConjugateComponents):
         if self._full_features:
             u = jnp.broadcast_to(u, (k, d, d))
             projected = jnp.einsum("kd,kde->ke", centred, u)
-            quadratic = -0.5 * (u @ jnp.swapaxes(u, -1, -2)).reshape(k, d * d)
+            # phi holds each off-diagonal product once, so its coefficient is the whole -P_ij.
+            precision = u @ jnp.swapaxes(u, -1, -2)
+            rows, cols = np.triu_indices(d)
+            quadratic = jnp.where(rows == cols, -0.5, -1.0) * precision[:, rows, cols]
             linear = jnp.einsum("kde,ke->kd", u, projected)
             offset = -0.5 * jnp.sum(projected * projected, axis=-1)
         else:
@@ -238,7 +252,7 @@ class Gaussian(ConjugateComponents):
             if self._full_features:
                 outer = centred[:, :, None] * first_about_shift[:, None, :]
                 second = (
-                    moments[:, :-d].reshape(k, d, d)
+                    moments[:, _triangle_positions(d)]
                     - outer
                     - jnp.swapaxes(outer, -1, -2)
                     + counts[:, None, None] * centred[:, :, None] * centred[:, None, :]
