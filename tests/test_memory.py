@@ -136,3 +136,17 @@ def test_estimator_user_weights_start_from_the_sampled_parameters(small_sample):
         expected = subsample.initial_params(model, keys[lane], x, None)
         assert_same(jax.tree.map(lambda a, i=lane: a[i], starts.components), expected.components)
         np.testing.assert_array_equal(starts.weights[lane], weights_init)
+
+
+def test_numpy_input_is_copied_once_and_never_aliased():
+    """The data go to the device in one copy (jnp.asarray would keep a second one), and the copy
+    is never the caller's own memory, even where the runtime could use it in place (64-byte
+    aligned rows): changing the array after the call changes nothing the fit reads."""
+    raw = np.zeros(1000 * 4 * 4 + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    x = raw[start : start + 1000 * 4 * 4].view(np.float32).reshape(1000, 4)
+    x[:] = np.arange(4000, dtype=np.float32).reshape(1000, 4)
+    prepared, _ = prepare_data(x)
+    assert prepared.unsafe_buffer_pointer() != x.ctypes.data
+    x[:] = -1.0
+    np.testing.assert_array_equal(prepared, np.arange(4000, dtype=np.float32).reshape(1000, 4))

@@ -341,6 +341,13 @@ def _weights_ok(weights: Array) -> tuple[Array, Array, Array]:
     return jnp.isfinite(jnp.max(jnp.abs(weights))), jnp.min(weights) >= 0, jnp.max(weights) > 0
 
 
+def _aliases(placed: Array, host: np.ndarray) -> bool:
+    try:
+        return placed.unsafe_buffer_pointer() == host.ctypes.data
+    except (AttributeError, NotImplementedError, ValueError):  # no single host buffer
+        return False
+
+
 def prepare_data(
     x: Any, weights: Any = None, *, allow_missing: bool = False
 ) -> tuple[Any, Array | None]:
@@ -368,7 +375,17 @@ def prepare_data(
         )
 
     def to_float(a: Any) -> Array:
-        a = jnp.asarray(a)
+        if not isinstance(a, jax.Array):
+            # One copy to the device: jnp.asarray of a NumPy array keeps two (2x the data at
+            # 10^7 x 8). The CPU runtime uses 64-byte-aligned host memory in place (whatever
+            # may_alias says); that is copied too, so changing the array never reaches a fit.
+            a = np.asarray(a)
+            if not np.issubdtype(a.dtype, np.floating):
+                a = a.astype(jnp.result_type(float))
+            placed = jax.device_put(a)
+            if a.size and _aliases(placed, a):
+                placed = jnp.copy(placed).block_until_ready()
+            return placed
         return a if jnp.issubdtype(a.dtype, jnp.floating) else a.astype(jnp.result_type(float))
 
     x = jax.tree.map(to_float, x)
