@@ -13,8 +13,9 @@ per case:
   ``init_params="random_from_data"`` so its set-up is one cheap pass);
 * achieved GFLOP/s of jaxem's E+M step and its fraction of this machine's matmul peak, measured
   with a large ``jnp`` matmul in the same dtype in this run. FLOPs counted: full/tied
-  ``4 N K D^2 + 8 N K D`` (whitening and second moment as matrix products), diag/spherical
-  ``10 N K D``.
+  ``4 N K D^2 + 8 N K D`` (whitening and second moment as dense matrix products; float64 full
+  computes each symmetric product once, so its figure is an effective rate), diag/spherical
+  ``8 N K D`` (the two products with the ``[N, 2 D]`` features).
 
 Plus 32 restarts as one ``fit_restarts`` against ``n_init=32``, and peak memory at (10^6, 8, 8):
 the RSS high-water mark of a fresh subprocess per library, minus the high-water mark of the same
@@ -86,7 +87,7 @@ def start(x: np.ndarray, k: int, covariance_type: str, seed: int = 1):
 def flops_per_iteration(n: int, d: int, k: int, covariance_type: str) -> float:
     if covariance_type in ("full", "tied"):
         return 4.0 * n * k * d * d + 8.0 * n * k * d
-    return 10.0 * n * k * d
+    return 8.0 * n * k * d
 
 
 def sklearn_model(k, covariance_type, weights, means, precisions, iters, **kwargs):
