@@ -3,8 +3,9 @@
 :func:`fit_stream` runs the same exact EM as :func:`jaxem.fit`, one pass over the data per
 iteration, on a memory-mapped ``.npy`` file, an array, or any re-iterable source of chunks. The
 host reads chunk ``i + 1`` and sends it to the device while the device reduces chunk ``i`` (double
-buffering), so a pass takes as long as the slower of reading and computing. The fit can save its
-state after every iteration and resume from it.
+buffering), so a pass takes as long as the slower of reading and computing. From a PRNG key, one
+more pass draws the sample :func:`jaxem.fit` would initialise from (the same rows, whatever the
+chunking). The fit can save its state after every iteration and resume from it.
 
 :class:`OnlineEM` is stepwise EM (Cappé & Moulines, 2009): a running average of the statistics of
 mini-batches with step size ``(t + t0) ** -kappa``, for streams seen once and as a fast first pass
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -40,6 +42,7 @@ from jaxem.core.estep import default_chunk_size, num_rows, reduce_chunks, total_
 from jaxem.core.mixture import Mixture, MixtureParams, MixtureStats
 from jaxem.core.model import ConjugateComponents
 from jaxem.core.mstep import ClosedForm
+from jaxem.core.subsample import empty_ranking, rank_rows, ranked_sample, sample_size
 
 Array = jax.Array
 Chunk = tuple[Any, Any]
@@ -138,10 +141,13 @@ def _accumulate(
     size = default_chunk_size(num_rows(x), _row_width(x) * getattr(model, "num_components", 1))
     stats, loglik = reduce_chunks(lambda xc, wc, _: model.e_step(params, xc, wc), x, weights, size)
     chunk = (stats, loglik, total_weight(x, weights, loglik.dtype))
-    finite = jnp.all(jnp.stack([_all_finite_leaf(a) for a in jax.tree.leaves(x)]))
     if totals is None:
-        return chunk, finite
-    return jax.tree.map(jnp.add, totals, chunk), finite
+        return chunk, _chunk_finite(x)
+    return jax.tree.map(jnp.add, totals, chunk), _chunk_finite(x)
+
+
+def _chunk_finite(x: Any) -> Array:
+    return jnp.all(jnp.stack([_all_finite_leaf(a) for a in jax.tree.leaves(x)]))
 
 
 def _put(chunk: Chunk | None, dtype: Any) -> Chunk | None:
@@ -162,30 +168,96 @@ def _tqdm() -> Any:
     return tqdm
 
 
-def _pass(
-    model: Any, params: Any, source: _Source, dtype: Any, check: bool, bar: Any
-) -> tuple[Any, Array, Array]:
-    """Summed statistics, log-likelihood and weight of one pass, with double buffering."""
+@contextmanager
+def _progress_bar(progress: bool, total: int | None, description: str) -> Iterator[Any]:
+    """A tqdm bar over one pass's chunks, closed when the pass ends or fails (``None`` without
+    ``progress``)."""
+    if not progress:
+        yield None
+        return
+    bar = _tqdm()(total=total, desc=description, unit="chunk", leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _fold(step: Callable, state: Any, source: _Source, dtype: Any, check: bool, bar: Any) -> Any:
+    """``state = step(state, x, weights)`` over the chunks of one pass, with double buffering;
+    ``step`` returns the new state and whether its chunk was finite (checked when ``check``)."""
     chunks = source.chunks()
     upcoming = _put(next(chunks, None), dtype)
     if upcoming is None:
         raise ValueError("The source yielded no chunks: it must yield at least one.")
-    totals, index = None, 0
+    index = 0
     while upcoming is not None:
         x, weights = upcoming
         # Dispatch is asynchronous: the next chunk is read and sent while this one computes.
-        totals, finite = _accumulate(model, totals, params, x, weights)
+        state, finite = step(state, x, weights)
         upcoming = _put(next(chunks, None), dtype)
         if check and not bool(finite):
             raise ValueError(
                 f"Chunk {index} of the source contains NaN or infinity: remove or impute those "
                 "values before fitting."
             )
-        jax.block_until_ready(totals)  # at most one chunk in flight and one in transfer
+        jax.block_until_ready(state)  # at most one chunk in flight and one in transfer
         index += 1
         if bar is not None:
             bar.update(1)
-    return totals
+    return state
+
+
+def _pass(
+    model: Any, params: Any, source: _Source, dtype: Any, check: bool, bar: Any
+) -> tuple[Any, Array, Array]:
+    """Summed statistics, log-likelihood and weight of one pass."""
+
+    def step(totals: Any, x: Any, weights: Array | None) -> tuple[Any, Array]:
+        return _accumulate(model, totals, params, x, weights)
+
+    return _fold(step, None, source, dtype, check, bar)
+
+
+@jax.jit
+def _rank_chunk(ranking: Any, key: Array, x: Any, weights: Array, first_row: Array) -> tuple:
+    ranked = rank_rows(ranking, key, num_rows(x), weights, first_row, values=x)
+    return ranked, _chunk_finite(x)
+
+
+def _initial_params(
+    model: Any, key: Array, source: _Source, dtype: Any, size: int, bar: Any
+) -> Any:
+    """:func:`jaxem.core.subsample.initial_params` on the whole source, in one pass.
+
+    The rows are ranked chunk by chunk at their row numbers in the whole data, carrying the best
+    ``size + 1`` rows along, so the sample is the one :func:`jaxem.fit` draws from the same key on
+    the data in memory, for any chunking; data of at most ``size`` rows are used whole.
+    """
+    key_sample, key_init = jax.random.split(key)
+
+    def step(state: tuple, x: Any, weights: Array | None) -> tuple[tuple, Array]:
+        ranking, rows, weighted = state
+        n = num_rows(x)
+        if ranking is None:
+            row = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), x)
+            # Weights of 1 give the same priorities and sample as none: carry them always, so a
+            # source whose later chunks bring weights needs no second pass.
+            ranking = empty_ranking(size, dtype, True, row)
+        ranked, finite = _rank_chunk(
+            ranking, key_sample, x, jnp.ones(n, dtype) if weights is None else weights, rows
+        )
+        return (ranked, rows + n, weighted or weights is not None), finite
+
+    ranking, rows, weighted = _fold(step, (None, 0, False), source, dtype, True, bar)
+    init = jax.jit(model.init)
+    if rows <= size:
+        # Every row is in the ranking, after the placeholders (row -1): the data in row order.
+        order = jnp.argsort(ranking.row)[-rows:]
+        whole = jax.tree.map(lambda a: a[order], ranking.values)
+        return init(key, whole, ranking.weight[order] if weighted else None)
+    order, _, sample_weights = ranked_sample(ranking, size)
+    sample = jax.tree.map(lambda a: a[:size][order], ranking.values)
+    return init(key_init, sample, sample_weights if weighted else None)
 
 
 @partial(jax.jit, static_argnames=("model", "max_iter"))
@@ -292,7 +364,10 @@ def fit_stream(
     Args:
         algo: from :func:`jaxem.em`, with the closed-form M-step; its ``chunk_size`` (or one picked
             from the sizes) splits an array source.
-        init: initial parameters, or a PRNG key (the model initialises from the first chunk).
+        init: initial parameters, or a PRNG key: one more pass then draws the sample
+            :func:`jaxem.fit` draws from that key on the data in memory (the same rows, whatever
+            the chunking; all rows when they are few) and the model initialises from it (see
+            :mod:`jaxem.core.subsample`), so the start does not depend on the rows' order.
         source: a path to a ``.npy`` file (memory-mapped), an array (``numpy.memmap`` included), a
             function returning a new iterator of chunks on each call, or a list of chunks. A chunk
             is an array or an ``(x, weights)`` pair; the last one may be shorter.
@@ -333,7 +408,13 @@ def fit_stream(
         raise ValueError("The source yielded no chunks: it must yield at least one.")
     first_x, first_w = prepare_data(jax.tree.map(np.asarray, first_x), first_w)
     dtype = jax.tree.leaves(first_x)[0].dtype
-    params = jax.jit(algo.model.init)(init, first_x, first_w) if is_key(init) else init
+    resume = checkpoint is not None and Path(checkpoint).exists()
+    params = init
+    if is_key(init) and resume:
+        params = jax.eval_shape(algo.model.init, init, first_x, first_w)  # the structure to load
+    elif is_key(init):
+        with _progress_bar(progress, source.num_chunks, "Sample pass") as bar:
+            params = _initial_params(algo.model, init, source, dtype, sample_size(first_x), bar)
 
     history = np.full(max(max_iter, 1), np.nan)
     iteration, previous, status = (
@@ -341,7 +422,7 @@ def fit_stream(
         -np.inf,
         int(Status.MAX_ITER if max_iter == 0 else Status.RUNNING),
     )
-    if checkpoint is not None and Path(checkpoint).exists():
+    if resume:
         saved = load_state(checkpoint, params)
         params, iteration, previous = saved.params, saved.iteration, saved.objective
         history[: min(iteration, max_iter)] = saved.history[:max_iter]
@@ -351,15 +432,8 @@ def fit_stream(
 
     tol = jnp.asarray(tol, dtype)
     while status == Status.RUNNING:
-        bar = None
-        if progress:
-            description = f"EM pass {iteration + 1}"
-            bar = _tqdm()(total=source.num_chunks, desc=description, unit="chunk", leave=False)
-        try:
+        with _progress_bar(progress, source.num_chunks, f"EM pass {iteration + 1}") as bar:
             totals = _pass(algo.model, params, source, dtype, iteration == 0, bar)
-        finally:
-            if bar is not None:
-                bar.close()
         params, objective, new_status = _advance(
             algo.model, params, totals, jnp.asarray(previous, dtype), iteration, tol, max_iter
         )

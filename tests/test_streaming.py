@@ -7,6 +7,7 @@ import pytest
 
 import jaxem
 from jaxem import streaming
+from jaxem.core import subsample
 
 CHUNK = 96  # 1003 rows: ten full chunks and a short last one of 43
 
@@ -91,13 +92,103 @@ def test_stop_and_resume_equals_one_run(problem, tmp_path):
     assert_same(resumed, expected)
 
 
+def chunked(x, weights=None, size=CHUNK):
+    """A function returning a new generator of chunks of ``size`` rows, the last one shorter."""
+
+    def chunks():
+        for start in range(0, len(x), size):
+            rows = slice(start, start + size)
+            yield x[rows] if weights is None else (x[rows], weights[rows])
+
+    return chunks
+
+
 @pytest.mark.timeout(120)
-def test_key_initialises_from_first_chunk(problem):
-    x, _, algo, _, _ = problem
-    params = algo.model.init(jax.random.key(5), jnp.asarray(x[:CHUNK]), None)
-    expected = jaxem.fit(algo, params, x, max_iter=3, tol=0.0)
-    result = streaming.fit_stream(algo, jax.random.key(5), x, max_iter=3, tol=0.0)
+def test_key_on_few_rows_initialises_from_all_of_them(problem):
+    x, weights, algo, _, _ = problem
+    assert len(x) < subsample.sample_size(x)
+    expected = jaxem.fit(algo, jax.random.key(5), x, weights, max_iter=3, tol=0.0)
+    result = streaming.fit_stream(algo, jax.random.key(5), chunked(x, weights), max_iter=3, tol=0)
     assert_same(result, expected)
+
+
+# ---- from a key, on more rows than the sample holds ---------------------------------------------
+
+SAMPLE_ROWS = 64  # below the 1003 rows, so the start comes from a sample
+
+
+@pytest.fixture
+def sorted_problem(monkeypatch):
+    monkeypatch.setattr(subsample, "SAMPLE_ROWS", SAMPLE_ROWS)
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(size=(500, 2)) - 3, rng.normal(size=(503, 2)) + 3])
+    x = x[np.argsort(x[:, 0])]  # the first chunks hold the left cluster only
+    weights = rng.uniform(0.5, 2.0, len(x))
+    # A model and shape of their own, so that no fit compiled with the full sample size is reused.
+    algo = jaxem.em(jaxem.Mixture(jaxem.Gaussian(2, covariance_type="diag")), chunk_size=CHUNK)
+    return x, weights, algo
+
+
+@pytest.mark.timeout(120)
+def test_key_draws_the_in_memory_sample_from_every_source(sorted_problem, tmp_path):
+    x, weights, algo = sorted_problem
+    key, fit = jax.random.key(5), dict(max_iter=5, tol=0.0)
+    expected = jaxem.fit(algo, key, x, **fit)
+    assert len(x) % CHUNK == 43
+    assert_same(streaming.fit_stream(algo, key, chunked(x), **fit), expected)
+    np.save(tmp_path / "x.npy", x)
+    assert_same(streaming.fit_stream(algo, key, tmp_path / "x.npy", **fit), expected)
+
+    weighted = jaxem.fit(algo, key, x, weights, **fit)
+    # Another chunking (the last chunk of 3 rows) draws the same rows.
+    assert_same(streaming.fit_stream(algo, key, chunked(x, weights, 250), **fit), weighted)
+    np.save(tmp_path / "w.npy", weights)
+    assert_same(
+        streaming.fit_stream(algo, key, tmp_path / "x.npy", tmp_path / "w.npy", **fit), weighted
+    )
+
+
+@pytest.mark.timeout(120)
+def test_key_start_on_sorted_data_spans_the_data(sorted_problem):
+    x, _, algo = sorted_problem
+    key = jax.random.key(6)
+    start = streaming.fit_stream(algo, key, chunked(x), max_iter=0).params
+    first_chunk = algo.model.init(key, jnp.asarray(x[:CHUNK]), None)
+    assert np.all(np.asarray(first_chunk.components.means[:, 0]) < 0)
+    means = np.asarray(start.components.means[:, 0])
+    assert means.min() < 0 < means.max()
+    in_memory = subsample.initial_params(algo.model, key, jnp.asarray(x), None)
+    for got, want in zip(jax.tree.leaves(start), jax.tree.leaves(in_memory), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-12, rtol=0)
+
+
+@pytest.mark.timeout(120)
+def test_restart_lane_from_a_key_equals_stream_from_that_key(sorted_problem):
+    x, _, algo = sorted_problem
+    keys = jax.random.split(jax.random.key(7), 3)
+    _, lanes = jaxem.fit_restarts(algo, keys, x, max_iter=4, tol=0.0)
+    for lane in range(3):
+        result = streaming.fit_stream(algo, keys[lane], chunked(x), max_iter=4, tol=0.0)
+        assert_same(result, jax.tree.map(lambda a, i=lane: a[i], lanes))
+
+
+@pytest.mark.timeout(120)
+def test_resume_from_a_key_skips_the_sample_pass(sorted_problem, tmp_path):
+    x, _, algo = sorted_problem
+    key, checkpoint = jax.random.key(8), tmp_path / "state.npz"
+    expected = jaxem.fit(algo, key, x, max_iter=5, tol=0.0)
+    passes = {"count": 0}
+
+    def counted():
+        passes["count"] += 1
+        return chunked(x)()
+
+    streaming.fit_stream(algo, key, counted, max_iter=3, tol=0.0, checkpoint=checkpoint)
+    assert passes["count"] == 1 + 1 + 3 + 1  # first chunk, sample, iterations, final objective
+    passes["count"] = 0
+    resumed = streaming.fit_stream(algo, key, counted, max_iter=5, tol=0.0, checkpoint=checkpoint)
+    assert passes["count"] == 1 + 2 + 1
+    assert_same(resumed, expected)
 
 
 @pytest.mark.timeout(60)
@@ -113,6 +204,8 @@ def test_errors(problem, tmp_path):
     bad[5 * CHUNK + 1, 0] = np.nan
     with pytest.raises(ValueError, match="Chunk 5 of the source contains NaN"):
         streaming.fit_stream(algo, params, bad, max_iter=2)
+    with pytest.raises(ValueError, match="Chunk 5 of the source contains NaN"):
+        streaming.fit_stream(algo, jax.random.key(0), bad, max_iter=2)  # in the sample pass
     with pytest.raises(ValueError, match="no chunks"):
         streaming.fit_stream(algo, params, lambda: iter([]))
     other = jaxem.Mixture(jaxem.Gaussian(2))

@@ -279,11 +279,9 @@ def _fit_from_key(algo, key, x, weights, tol, max_iter, verbose):
 
 @partial(jax.jit, static_argnames=("algo", "max_iter", "verbose"))
 def _fit_restarts_from_keys(algo, keys, x, weights, tol, max_iter, verbose):
-    def one(key):
-        params = initial_params(algo.model, key, x, weights)
-        return _run(algo, params, x, weights, tol, max_iter, verbose)
-
-    return jax.vmap(one)(keys)
+    # One lane's start at a time: vmapped, the sample ranking's temporaries grow with the lanes.
+    params = lax.map(lambda key: initial_params(algo.model, key, x, weights), keys)
+    return _fit_restarts_from_params(algo, params, x, weights, tol, max_iter, verbose)
 
 
 @partial(jax.jit, static_argnames=("algo", "max_iter", "verbose"))

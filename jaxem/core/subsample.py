@@ -14,7 +14,7 @@ fit on one device draws.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,11 +56,138 @@ def _priority_dtype(x: Any, weights: Array | None) -> Any:
     return floats[0] if floats else jnp.result_type(float)
 
 
+class Ranking(NamedTuple):
+    """The running list of the ``size + 1`` highest priorities, best first.
+
+    Attributes:
+        priority: the priorities; ``-1`` marks a placeholder, which ranks below every row.
+        row: the rows' numbers in the whole data (``-1`` for a placeholder).
+        weight: the rows' weights, or ``None`` when every row weighs 1.
+        values: the rows themselves (a pytree), or ``None`` when they are taken from the data
+            afterwards; a source read once, chunk by chunk, carries them along.
+    """
+
+    priority: Array
+    row: Array
+    weight: Array | None
+    values: Any = None
+
+
+def empty_ranking(size: int, dtype: Any, weighted: bool, values: Any = None) -> Ranking:
+    """The ranking before any row, for a sample of ``size`` rows (it keeps ``size + 1``).
+
+    ``values``, a pytree of arrays (or shape-dtype structs) shaped like one row each, or ``None``,
+    makes the ranking carry the rows themselves along.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> empty_ranking(4, jnp.float32, False).priority.shape
+        (5,)
+    """
+    keep = size + 1
+    # Placeholders rank below every row (priority -1) and come first, as lower "row numbers".
+    return Ranking(
+        jnp.full(keep, -1, dtype),
+        jnp.full(keep, -1, jnp.int32),
+        jnp.zeros(keep, dtype) if weighted else None,
+        jax.tree.map(lambda a: jnp.zeros((keep, *a.shape), a.dtype), values),
+    )
+
+
+def rank_rows(
+    ranking: Ranking,
+    key: Array,
+    length: int,
+    weights: Array | None,
+    first_row: Array | int,
+    values: Any = None,
+) -> Ranking:
+    """Merge ``length`` consecutive rows, numbered from ``first_row`` in the whole data, into
+    ``ranking`` (rows after every row ranked so far, so that ties go to the lower row number).
+
+    Args:
+        ranking: from :func:`empty_ranking` or an earlier call.
+        key: the sample's key; a row's priority depends on it and the row number alone.
+        length: the rows to rank (static).
+        weights: their weights when ``ranking`` carries weights, else ``None``.
+        first_row: the number of the first of them in the whole data.
+        values: the rows themselves when ``ranking`` carries them, else ``None``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> ranking = empty_ranking(2, jnp.float32, False)
+        >>> ranking = rank_rows(ranking, jax.random.key(0), 10, None, 0)
+        >>> bool((ranking.row >= 0).all())
+        True
+    """
+    dtype = ranking.priority.dtype
+    keep = ranking.priority.shape[0]
+    carry_weights = ranking.weight is not None
+
+    def merge(best: Ranking, start: Array | int, size: int) -> Ranking:
+        # int32 row numbers in 32- and 64-bit mode alike, so both draw the same numbers.
+        rows = (first_row + start + jnp.arange(size)).astype(jnp.int32)
+        u = jax.vmap(lambda r: jax.random.uniform(jax.random.fold_in(key, r), (), dtype))(rows)
+        if carry_weights:
+            w = lax.dynamic_slice_in_dim(weights, start, size).astype(dtype)
+            new_priority = jnp.where(w > 0, w / (1 - u), 0)
+        else:
+            new_priority = 1 / (1 - u)
+        # Only the priorities are joined: a winner's row number, weight and values follow from its
+        # index (the kept list first, then the chunk), so no row-number array of the chunk is built.
+        priority, index = lax.top_k(jnp.concatenate([best.priority, new_priority]), keep)
+        kept = index < keep
+        from_best, from_new = jnp.minimum(index, keep - 1), jnp.maximum(index - keep, 0)
+
+        def pick(old: Array, new: Array) -> Array:
+            mask = kept.reshape(kept.shape + (1,) * (old.ndim - 1))
+            return jnp.where(mask, old[from_best], new[from_new])
+
+        new_values = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size), values)
+        return Ranking(
+            priority,
+            jnp.where(kept, best.row[from_best], (first_row + start + from_new).astype(jnp.int32)),
+            pick(best.weight, w) if carry_weights else None,
+            jax.tree.map(pick, best.values, new_values),
+        )
+
+    chunk = int(min(length, max(_RANK_CHUNK_ROWS, keep)))
+    num_full, tail = divmod(length, chunk)
+    ranking = lax.fori_loop(0, num_full, lambda i, b: merge(b, i * chunk, chunk), ranking)
+    if tail:
+        ranking = merge(ranking, num_full * chunk, tail)
+    return ranking
+
+
 def _top(priority: Array, rows: Array, weight: Array, size: int) -> tuple[Array, Array, Array]:
     # top_k puts the lower index first among equal values; every list merged here holds lower row
     # numbers at lower indices, so ties go to the lower row number whatever the chunking.
     priority, index = lax.top_k(priority, size)
     return priority, rows[index], weight[index]
+
+
+def ranked_sample(ranking: Ranking, size: int) -> tuple[Array, Array, Array]:
+    """The ``size`` best rows of a final ranking in row order: ``(order, rows, weights)``.
+
+    ``order`` sorts the ranking's first ``size`` entries by row number; the weights are
+    ``max(w, tau)`` (0 for weight 0), ``tau`` the ``(size + 1)``-th priority, so that weighted sums
+    over the sample estimate sums over all rows without bias (1 for every row without weights).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> ranking = empty_ranking(2, jnp.float32, False)
+        >>> ranking = rank_rows(ranking, jax.random.key(0), 10, None, 0)
+        >>> order, rows, weights = ranked_sample(ranking, 2)
+        >>> bool(rows[0] < rows[1])
+        True
+    """
+    weight = ranking.weight
+    if weight is None:
+        weight = jnp.ones_like(ranking.priority)
+    tau = ranking.priority[size]
+    order = jnp.argsort(ranking.row[:size])
+    w = weight[:size][order]
+    return order, ranking.row[:size][order], jnp.where(w > 0, jnp.maximum(w, tau), 0)
 
 
 def sample_rows(
@@ -98,57 +225,18 @@ def sample_rows(
     """
     weighted = weights is not None if weighted is None else weighted
     n = num_rows(x)
-    dtype = _priority_dtype(x, weights)
-    keep = size + 1  # the (size + 1)-th priority is the threshold tau
-
     # The weights ride along only when they differ between rows; without them every row has 1.
-    carry_weights = weights is not None
-
-    def priorities(start: Array | int, length: int) -> tuple[Array, Array | None]:
-        # int32 row numbers in 32- and 64-bit mode alike, so both draw the same numbers.
-        rows = (row_offset + start + jnp.arange(length)).astype(jnp.int32)
-        u = jax.vmap(lambda r: jax.random.uniform(jax.random.fold_in(key, r), (), dtype))(rows)
-        if not carry_weights:
-            return 1 / (1 - u), None
-        w = lax.dynamic_slice_in_dim(weights, start, length).astype(dtype)
-        return jnp.where(w > 0, w / (1 - u), 0), w
-
-    def merge(best: tuple, start: Array | int, length: int) -> tuple:
-        # Only the priorities are joined: a winner's row number and weight follow from its index
-        # (the kept list first, then the chunk), so no row-number array of the chunk is built.
-        new_priority, new_w = priorities(start, length)
-        priority, index = lax.top_k(jnp.concatenate([best[0], new_priority]), keep)
-        kept = index < keep
-        from_best, from_new = jnp.minimum(index, keep - 1), jnp.maximum(index - keep, 0)
-        rows = jnp.where(
-            kept, best[1][from_best], (row_offset + start + from_new).astype(jnp.int32)
-        )
-        if not carry_weights:
-            return priority, rows, None
-        return priority, rows, jnp.where(kept, best[2][from_best], new_w[from_new])
-
-    # Placeholders rank below every row (priority -1) and come first, as lower "row numbers".
-    best = (
-        jnp.full(keep, -1, dtype),
-        jnp.full(keep, -1, jnp.int32),
-        jnp.zeros(keep, dtype) if carry_weights else None,
-    )
-    chunk = int(min(n, max(_RANK_CHUNK_ROWS, keep)))
-    num_full, tail = divmod(n, chunk)
-    best = lax.fori_loop(0, num_full, lambda i, b: merge(b, i * chunk, chunk), best)
-    if tail:
-        best = merge(best, num_full * chunk, tail)
-    if not carry_weights:
-        best = (*best[:2], jnp.ones(keep, dtype))
+    ranking = empty_ranking(size, _priority_dtype(x, weights), weights is not None)
+    ranking = rank_rows(ranking, key, n, weights, row_offset)
     if axis_name is not None:
+        weight = ranking.weight
+        if weight is None:
+            weight = jnp.ones_like(ranking.priority)
         # Devices in axis order hold increasing row numbers, so the gathered lists keep the rule.
-        gathered = [lax.all_gather(a, axis_name, tiled=True) for a in best]
-        best = _top(*gathered, keep)
+        gathered = [lax.all_gather(a, axis_name, tiled=True) for a in (*ranking[:2], weight)]
+        ranking = Ranking(*_top(*gathered, size + 1))
 
-    priority, rows, w = best
-    tau = priority[size]
-    order = jnp.argsort(rows[:size])
-    rows, w = rows[:size][order], w[:size][order]
+    _, rows, sample_weights = ranked_sample(ranking, size)
     local = rows - row_offset
     inside = (local >= 0) & (local < n)
 
@@ -161,9 +249,7 @@ def sample_rows(
         return lax.psum(jnp.where(mask, picked, jnp.zeros_like(picked)), axis_name)
 
     sample = jax.tree.map(take, x)
-    if not weighted:
-        return sample, None
-    return sample, jnp.where(w > 0, jnp.maximum(w, tau), 0)
+    return sample, sample_weights if weighted else None
 
 
 def initial_params(model: Any, key: Array, x: Any, weights: Array | None) -> Any:
@@ -185,4 +271,14 @@ def initial_params(model: Any, key: Array, x: Any, weights: Array | None) -> Any
     return model.init(key_init, sample, sample_weights)
 
 
-__all__ = ["SAMPLE_BYTES", "SAMPLE_ROWS", "initial_params", "sample_rows", "sample_size"]
+__all__ = [
+    "SAMPLE_BYTES",
+    "SAMPLE_ROWS",
+    "Ranking",
+    "empty_ranking",
+    "initial_params",
+    "rank_rows",
+    "ranked_sample",
+    "sample_rows",
+    "sample_size",
+]
