@@ -142,10 +142,6 @@ def test_key_draws_the_in_memory_sample_from_every_source(sorted_problem, tmp_pa
     weighted = jaxem.fit(algo, key, x, weights, **fit)
     # Another chunking (the last chunk of 3 rows) draws the same rows.
     assert_same(streaming.fit_stream(algo, key, chunked(x, weights, 250), **fit), weighted)
-    np.save(tmp_path / "w.npy", weights)
-    assert_same(
-        streaming.fit_stream(algo, key, tmp_path / "x.npy", tmp_path / "w.npy", **fit), weighted
-    )
 
 
 @pytest.mark.timeout(120)
@@ -165,9 +161,9 @@ def test_key_start_on_sorted_data_spans_the_data(sorted_problem):
 @pytest.mark.timeout(120)
 def test_restart_lane_from_a_key_equals_stream_from_that_key(sorted_problem):
     x, _, algo = sorted_problem
-    keys = jax.random.split(jax.random.key(7), 3)
+    keys = jax.random.split(jax.random.key(7), 2)
     _, lanes = jaxem.fit_restarts(algo, keys, x, max_iter=4, tol=0.0)
-    for lane in range(3):
+    for lane in range(2):
         result = streaming.fit_stream(algo, keys[lane], chunked(x), max_iter=4, tol=0.0)
         assert_same(result, jax.tree.map(lambda a, i=lane: a[i], lanes))
 
