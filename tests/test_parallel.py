@@ -80,6 +80,36 @@ def run_on_four_devices(source: str, tmp: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
+def leaves_by_name(results: dict) -> dict:
+    """``{"<name>_<i>": leaf i of results[name]}``: what a worker saves with ``np.savez``."""
+    return {
+        f"{name}_{i}": np.asarray(leaf)
+        for name, result in results.items()
+        for i, leaf in enumerate(jax.tree.leaves(result))
+    }
+
+
+def run_worker(tmp_path_factory, name: str, worker: str) -> dict:
+    """Run ``worker`` (formatted with ``tests`` and ``out``) on 4 devices; its saved arrays."""
+    tmp = tmp_path_factory.mktemp(name)
+    out = tmp / "out.npz"
+    run_on_four_devices(worker.format(tests=str(REPO / "tests"), out=str(out)), tmp)
+    return dict(np.load(out))
+
+
+def assert_same_leaves(out: dict, name: str, expected, rtol: float = 0.0, atol: float = 1e-10):
+    """The worker's leaves saved under ``name`` equal ``expected``'s, integers exactly."""
+    leaves = jax.tree.leaves(expected)
+    assert len(leaves) == sum(key.rsplit("_", 1)[0] == name for key in out)
+    for i, leaf in enumerate(leaves):
+        got = out[f"{name}_{i}"]
+        assert got.shape == leaf.shape
+        if np.issubdtype(got.dtype, np.integer):
+            np.testing.assert_array_equal(got, leaf)
+        else:
+            np.testing.assert_allclose(got, leaf, rtol=rtol, atol=atol)
+
+
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sharded")

@@ -4,7 +4,7 @@ equal one device, with data sizes that leave padding on the last shard."""
 import jax
 import numpy as np
 import pytest
-from test_parallel import REPO, run_on_four_devices
+from test_parallel import assert_same_leaves, run_worker
 
 import jaxem
 from jaxem.hmm import HiddenMarkovModel, pad_sequences
@@ -44,6 +44,7 @@ import jax
 import numpy as np
 from jaxem import parallel
 sys.path.insert(0, {tests!r})
+from test_parallel import leaves_by_name
 from test_parallel_combinations import (
     MAX_ITER, hmm_algo, mixture_data, sequence_data, squarem_algo
 )
@@ -60,40 +61,21 @@ results = {{
     )[1],
     "hmm": parallel.fit_sharded(hmm_algo(), jax.random.key(3), data, sequence_weights, **fit),
 }}
-out = {{
-    f"{{name}}_{{i}}": np.asarray(leaf)
-    for name, result in results.items()
-    for i, leaf in enumerate(jax.tree.leaves(result))
-}}
+out = leaves_by_name(results)
 np.savez({out!r}, **out)
 """
 
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("combinations")
-    out = tmp / "out.npz"
-    run_on_four_devices(WORKER.format(tests=str(REPO / "tests"), out=str(out)), tmp)
-    return dict(np.load(out))
-
-
-def assert_same_fit(out, name, expected):
-    leaves = jax.tree.leaves(expected)
-    assert len(leaves) == sum(key.rsplit("_", 1)[0] == name for key in out)
-    for i, leaf in enumerate(leaves):
-        got = out[f"{name}_{i}"]
-        assert got.shape == leaf.shape
-        if np.issubdtype(got.dtype, np.integer):
-            np.testing.assert_array_equal(got, leaf)
-        else:
-            np.testing.assert_allclose(got, leaf, rtol=0, atol=1e-10)
+    return run_worker(tmp_path_factory, "combinations", WORKER)
 
 
 @pytest.mark.timeout(280)
 def test_squarem_on_four_devices_equals_one_device(sharded):
     x, weights = mixture_data()
     expected = jaxem.fit(squarem_algo(), jax.random.key(1), x, weights, max_iter=MAX_ITER, tol=0.0)
-    assert_same_fit(sharded, "squarem", expected)
+    assert_same_leaves(sharded, "squarem", expected)
     # The fit took SQUAREM's path, not plain EM's: the same E-step count reaches a higher objective.
     plain = jaxem.fit(
         jaxem.em(squarem_algo().model, chunk_size=128),
@@ -112,7 +94,7 @@ def test_squarem_restarts_by_data_mesh_equal_restarts_on_one_device(sharded):
     _, lanes = jaxem.fit_restarts(
         squarem_algo(), jax.random.key(7), x, num_restarts=4, max_iter=MAX_ITER, tol=0.0
     )
-    assert_same_fit(sharded, "squarem_lanes", lanes)
+    assert_same_leaves(sharded, "squarem_lanes", lanes)
 
 
 @pytest.mark.timeout(280)
@@ -120,4 +102,4 @@ def test_hmm_sharded_over_sequences_equals_one_device(sharded):
     data, weights = sequence_data()
     assert len(SEQUENCE_LENGTHS) % 4 != 0
     expected = jaxem.fit(hmm_algo(), jax.random.key(3), data, weights, max_iter=MAX_ITER, tol=0.0)
-    assert_same_fit(sharded, "hmm", expected)
+    assert_same_leaves(sharded, "hmm", expected)

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from test_parallel import REPO, run_on_four_devices
+from test_parallel import assert_same_leaves, run_worker
 
 import jaxem
 from jaxem import parallel
@@ -39,6 +39,7 @@ import jax
 import numpy as np
 from jaxem import parallel
 sys.path.insert(0, {tests!r})
+from test_parallel import leaves_by_name
 from test_parallel_gradient import MAX_ITER, gaussian_algo, make_data, student_algo
 
 assert len(jax.devices()) == 4 and jax.config.jax_enable_x64
@@ -51,34 +52,19 @@ results = {{
         mesh=parallel.data_mesh(num_restart_shards=2), **fit
     )[1],
 }}
-out = {{
-    f"{{name}}_{{i}}": np.asarray(leaf)
-    for name, result in results.items()
-    for i, leaf in enumerate(jax.tree.leaves(result))
-}}
+out = leaves_by_name(results)
 np.savez({out!r}, **out)
 """
 
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("gradient")
-    out = tmp / "out.npz"
-    run_on_four_devices(WORKER.format(tests=str(REPO / "tests"), out=str(out)), tmp)
-    return dict(np.load(out))
+    return run_worker(tmp_path_factory, "gradient", WORKER)
 
 
 def assert_same_fit(out, name, expected):
-    leaves = jax.tree.leaves(expected)
-    assert len(leaves) == sum(key.rsplit("_", 1)[0] == name for key in out)
-    for i, leaf in enumerate(leaves):
-        got = out[f"{name}_{i}"]
-        assert got.shape == leaf.shape
-        if np.issubdtype(got.dtype, np.integer):
-            np.testing.assert_array_equal(got, leaf)
-        else:
-            # rtol: a degrees-of-freedom estimate in the hundreds sits where Q is nearly flat.
-            np.testing.assert_allclose(got, leaf, rtol=1e-8, atol=1e-8)
+    # rtol: a degrees-of-freedom estimate in the hundreds sits where Q is nearly flat.
+    assert_same_leaves(out, name, expected, rtol=1e-8, atol=1e-8)
 
 
 @pytest.mark.timeout(280)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_parallel import REPO, run_on_four_devices
+from test_parallel import assert_same_leaves, run_worker
 
 import jaxem
 from jaxem.core import subsample
@@ -36,6 +36,7 @@ import numpy as np
 from jaxem import parallel
 from jaxem.core import subsample
 sys.path.insert(0, {tests!r})
+from test_parallel import leaves_by_name
 from test_parallel_init import MAX_ITER, SAMPLE_ROWS, make_algo, make_data
 
 subsample.SAMPLE_ROWS = SAMPLE_ROWS
@@ -51,11 +52,7 @@ results = {{
         mesh=parallel.data_mesh(num_restart_shards=2), **fit
     )[1],
 }}
-out = {{
-    f"{{name}}_{{i}}": np.asarray(leaf)
-    for name, result in results.items()
-    for i, leaf in enumerate(jax.tree.leaves(result))
-}}
+out = leaves_by_name(results)
 # The largest array any collective of the sharded initialisation gathers.
 mesh = parallel.data_mesh()
 placed = parallel._place_rows(np.concatenate([x] * 8), None, mesh)
@@ -77,10 +74,7 @@ np.savez({out!r}, **out)
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("init")
-    out = tmp / "out.npz"
-    run_on_four_devices(WORKER.format(tests=str(REPO / "tests"), out=str(out)), tmp)
-    return dict(np.load(out))
+    return run_worker(tmp_path_factory, "init", WORKER)
 
 
 @pytest.fixture
@@ -88,23 +82,15 @@ def small_sample(monkeypatch):
     monkeypatch.setattr(subsample, "SAMPLE_ROWS", SAMPLE_ROWS)
 
 
-def assert_same_fit(out, name, expected):
-    leaves = jax.tree.leaves(expected)
-    for i, leaf in enumerate(leaves):
-        got = out[f"{name}_{i}"]
-        assert got.shape == leaf.shape
-        np.testing.assert_allclose(got, leaf, rtol=0, atol=1e-10)
-
-
 @pytest.mark.timeout(280)
 def test_sharded_fits_from_keys_on_a_sample_equal_one_device(sharded, small_sample):
     x, weights = make_data()
     fit = dict(max_iter=MAX_ITER, tol=0.0)
     algo = make_algo()
-    assert_same_fit(sharded, "single", jaxem.fit(algo, jax.random.key(1), x, **fit))
-    assert_same_fit(sharded, "weighted", jaxem.fit(algo, jax.random.key(2), x, weights, **fit))
+    assert_same_leaves(sharded, "single", jaxem.fit(algo, jax.random.key(1), x, **fit))
+    assert_same_leaves(sharded, "weighted", jaxem.fit(algo, jax.random.key(2), x, weights, **fit))
     _, lanes = jaxem.fit_restarts(algo, jax.random.key(7), x, num_restarts=4, **fit)
-    assert_same_fit(sharded, "lanes", lanes)
+    assert_same_leaves(sharded, "lanes", lanes)
 
 
 @pytest.mark.timeout(280)
