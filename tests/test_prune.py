@@ -1,5 +1,14 @@
 """Restart pruning: survivors equal their unpruned lanes, the dropped ones are reported, the best
-surviving lane is returned."""
+surviving lane is returned.
+
+The fits run in a fresh subprocess: XLA:CPU has crashed (a segmentation fault inside compilation)
+while compiling the pruning rounds in a long-lived test worker, never in a fresh process.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,84 +18,97 @@ import pytest
 import jaxem
 from jaxem.core.prune import fit_restarts_pruned
 
+REPO = Path(__file__).resolve().parent.parent
 
-@pytest.fixture(scope="module")
-def problem():
+WORKER = """
+import sys
+import jax
+import numpy as np
+import jaxem
+sys.path.insert(0, {tests!r})
+from test_prune import make_problem
+from jaxem.core.prune import fit_restarts_pruned
+
+x, algo = make_problem()
+fit = dict(num_restarts=8, max_iter=40)
+_, unpruned = jaxem.fit_restarts(algo, jax.random.key(0), x, tol=1e-5, **fit)
+best, pruned = fit_restarts_pruned(
+    algo, jax.random.key(0), x, tol=1e-5, prune_every=3, verbose=True, **fit
+)
+_, uncut = fit_restarts_pruned(algo, jax.random.key(0), x, tol=1e-5, prune_every=40, **fit)
+_, kept = fit_restarts_pruned(
+    algo, jax.random.key(0), x, tol=0.0, prune_every=2, keep_fraction=0.25, min_restarts=3, **fit
+)
+out = {{}}
+for name, lanes in [("unpruned", unpruned), ("pruned", pruned), ("uncut", uncut), ("kept", kept)]:
+    for field in ("log_likelihood", "num_iters", "status", "history"):
+        out[name + "_" + field] = np.asarray(getattr(lanes, field))
+    out[name + "_means"] = np.asarray(lanes.params.components.means)
+out["best_log_likelihood"] = np.asarray(best.log_likelihood)
+np.savez({out!r}, **out)
+"""
+
+
+def make_problem():
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0], [5.0, 5.0]])
     x = jnp.asarray(centres[rng.integers(0, 4, 400)] + rng.normal(size=(400, 2)))
     algo = jaxem.em(jaxem.Mixture(jaxem.Gaussian(4, init_method="random_rows")), chunk_size=128)
-    _, unpruned = jaxem.fit_restarts(
-        algo, jax.random.key(0), x, num_restarts=8, max_iter=40, tol=1e-5
-    )
-    return x, algo, unpruned
+    return x, algo
 
 
-@pytest.mark.timeout(180)
-def test_survivors_equal_unpruned_and_dropped_are_reported(problem, capsys):
-    x, algo, unpruned = problem
-    best, lanes = fit_restarts_pruned(
-        algo,
-        jax.random.key(0),
-        x,
-        num_restarts=8,
-        max_iter=40,
-        tol=1e-5,
-        prune_every=3,
-        verbose=True,
+@pytest.fixture(scope="module")
+def fits(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("prune")
+    script, out = tmp / "worker.py", tmp / "out.npz"
+    script.write_text(WORKER.format(tests=str(REPO / "tests"), out=str(out)))
+    env = dict(os.environ, JAX_ENABLE_X64="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=240
     )
-    status = np.asarray(lanes.status)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return dict(np.load(out)), proc.stdout
+
+
+@pytest.mark.timeout(280)
+def test_survivors_equal_unpruned_and_dropped_are_reported(fits):
+    out, printed = fits
+    status = out["pruned_status"]
     dropped = np.flatnonzero(status == jaxem.Status.PRUNED)
     survivors = np.flatnonzero(status != jaxem.Status.PRUNED)
     assert dropped.size > 0 and survivors.size >= 1
-    assert "dropped restarts" in capsys.readouterr().out
+    assert "dropped restarts" in printed
     # A surviving lane's result is the one it has without pruning.
-    for name in ("log_likelihood", "num_iters", "status", "history"):
+    for name in ("log_likelihood", "num_iters", "status", "history", "means"):
         np.testing.assert_allclose(
-            np.asarray(getattr(lanes, name))[survivors],
-            np.asarray(getattr(unpruned, name))[survivors],
-            atol=1e-10,
+            out["pruned_" + name][survivors], out["unpruned_" + name][survivors], atol=1e-10
         )
-    np.testing.assert_allclose(
-        lanes.params.components.means[survivors],
-        unpruned.params.components.means[survivors],
-        atol=1e-10,
-    )
     # A dropped lane stopped early, at a cut, with the history it had then.
-    assert np.all(np.asarray(lanes.num_iters)[dropped] % 3 == 0)
-    assert np.all(np.asarray(lanes.num_iters)[dropped] < np.asarray(unpruned.num_iters)[dropped])
+    iters = out["pruned_num_iters"]
+    assert np.all(iters[dropped] % 3 == 0)
+    assert np.all(iters[dropped] < out["unpruned_num_iters"][dropped])
     # The best surviving lane is returned.
-    expected = survivors[np.argmax(np.asarray(lanes.log_likelihood)[survivors])]
-    assert float(best.log_likelihood) == float(lanes.log_likelihood[expected])
-    assert float(best.log_likelihood) <= float(jnp.max(unpruned.log_likelihood)) + 1e-12
-
-
-@pytest.mark.timeout(120)
-def test_min_restarts_and_keep_everything_without_cuts(problem):
-    x, algo, unpruned = problem
-    _, lanes = fit_restarts_pruned(
-        algo, jax.random.key(0), x, num_restarts=8, max_iter=40, tol=1e-5, prune_every=40
+    expected = survivors[np.argmax(out["pruned_log_likelihood"][survivors])]
+    assert float(out["best_log_likelihood"]) == float(out["pruned_log_likelihood"][expected])
+    assert (
+        float(out["best_log_likelihood"]) <= float(np.max(out["unpruned_log_likelihood"])) + 1e-12
     )
+
+
+@pytest.mark.timeout(280)
+def test_min_restarts_and_keep_everything_without_cuts(fits):
+    out, _ = fits
     # One round reaches max_iter: no cut happens, so nothing is dropped.
-    assert not np.any(np.asarray(lanes.status) == jaxem.Status.PRUNED)
-    np.testing.assert_allclose(lanes.log_likelihood, unpruned.log_likelihood, atol=1e-10)
-    _, lanes = fit_restarts_pruned(
-        algo,
-        jax.random.key(0),
-        x,
-        num_restarts=8,
-        max_iter=40,
-        tol=0.0,
-        prune_every=2,
-        keep_fraction=0.25,
-        min_restarts=3,
+    assert not np.any(out["uncut_status"] == jaxem.Status.PRUNED)
+    np.testing.assert_allclose(
+        out["uncut_log_likelihood"], out["unpruned_log_likelihood"], atol=1e-10
     )
-    assert np.sum(np.asarray(lanes.status) != jaxem.Status.PRUNED) >= 3
+    assert np.sum(out["kept_status"] != jaxem.Status.PRUNED) >= 3
 
 
 @pytest.mark.timeout(60)
-def test_errors(problem):
-    x, algo, _ = problem
+def test_errors():
+    x, algo = make_problem()
     with pytest.raises(ValueError, match="prune_every must be a positive integer"):
         fit_restarts_pruned(algo, jax.random.key(0), x, num_restarts=2, prune_every=0)
     with pytest.raises(ValueError, match=r"keep_fraction must be in \(0, 1\)"):
