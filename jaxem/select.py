@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxem import init as initializers
 from jaxem.core.engine import FitResult, Status, em, fit_restarts, is_key, prepare_data
-from jaxem.core.estep import default_chunk_size, num_rows, reduce_chunks, total_weight
+from jaxem.core.estep import chunk_width, default_chunk_size, num_rows, reduce_chunks, total_weight
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import count_free_parameters
 from jaxem.hmm.model import HiddenMarkovModel, Sequences
@@ -64,9 +64,7 @@ def num_parameters(model: Any, num_features: int) -> int:
 def _chunk_size_for(model: Any, x: Array, chunk_size: int | None, lanes: int = 1) -> int:
     if chunk_size is not None:
         return chunk_size
-    row = sum(int(np.prod(leaf.shape[1:], dtype=int)) for leaf in jax.tree.leaves(x))
-    width = row * getattr(model, "num_components", 1) * lanes
-    return default_chunk_size(num_rows(x), width)
+    return default_chunk_size(num_rows(x), chunk_width(model, x) * lanes)
 
 
 def _num_features(model: Any, x: Any) -> int:

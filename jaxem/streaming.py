@@ -38,7 +38,7 @@ from jaxem.core.engine import (
     next_status,
     prepare_data,
 )
-from jaxem.core.estep import default_chunk_size, num_rows, reduce_chunks, total_weight
+from jaxem.core.estep import chunk_width, default_chunk_size, num_rows, reduce_chunks, total_weight
 from jaxem.core.mixture import Mixture, MixtureParams, MixtureStats
 from jaxem.core.model import ConjugateComponents
 from jaxem.core.mstep import ClosedForm
@@ -121,10 +121,6 @@ def _make_source(source: Any, weights: Any, chunk_size: int | None, width: int) 
     )
 
 
-def _row_width(x: Any) -> int:
-    return sum(int(np.prod(np.shape(leaf)[1:], dtype=int)) for leaf in jax.tree.leaves(x))
-
-
 # ---- one pass -----------------------------------------------------------------------------------
 
 
@@ -138,7 +134,7 @@ def _accumulate(
     a whole read chunk (2^20 rows) would build its chunk x K x D intermediates at once (256 MiB
     for K = D = 8 in float32), and run slower out of cache.
     """
-    size = default_chunk_size(num_rows(x), _row_width(x) * getattr(model, "num_components", 1))
+    size = default_chunk_size(num_rows(x), chunk_width(model, x))
     stats, loglik = reduce_chunks(lambda xc, wc, _: model.e_step(params, xc, wc), x, weights, size)
     chunk = (stats, loglik, total_weight(x, weights, loglik.dtype))
     if totals is None:
@@ -397,11 +393,7 @@ def fit_stream(
     if progress:
         _tqdm()  # fail before any work when tqdm is missing
     source = _open(source)
-    width = (
-        _row_width(source) * getattr(algo.model, "num_components", 1)
-        if hasattr(source, "shape")
-        else 1
-    )
+    width = chunk_width(algo.model, source) if hasattr(source, "shape") else 1
     source = _make_source(source, weights, algo.chunk_size, width)
     first_x, first_w = next(source.chunks(), (None, None))
     if first_x is None:
@@ -630,7 +622,7 @@ def fit_online(
     state, objectives = _online_epochs(online, state, x, weights, key, batch_size, num_epochs)
     algo = EM(
         online.model,
-        chunk_size=chunk_size or default_chunk_size(n, _row_width(x) * online.model.num_components),
+        chunk_size=chunk_size or default_chunk_size(n, chunk_width(online.model, x)),
     )
     objective = jax.jit(EM.objective, static_argnums=0)(algo, state.params, x, weights)
     finite = jnp.isfinite(objective) & _all_finite(state.params)

@@ -15,7 +15,7 @@ import numpy as np
 from jax import lax
 
 from jaxem.core.accelerate import make_accelerator
-from jaxem.core.estep import default_chunk_size, num_rows, reduce_chunks, total_weight
+from jaxem.core.estep import chunk_width, default_chunk_size, num_rows, reduce_chunks, total_weight
 from jaxem.core.model import Model
 from jaxem.core.mstep import ClosedForm, MStep, apply_mstep, init_mstep_state
 from jaxem.core.subsample import initial_params
@@ -415,9 +415,7 @@ def prepare_data(
 def _resolve(algo: EM, x: Any, num_restarts: int = 1) -> EM:
     if algo.chunk_size is not None:
         return algo
-    row = sum(int(np.prod(leaf.shape[1:], dtype=int)) for leaf in jax.tree.leaves(x))
-    width = row * getattr(algo.model, "num_components", 1)
-    size = default_chunk_size(num_rows(x), width, num_restarts)
+    size = default_chunk_size(num_rows(x), chunk_width(algo.model, x), num_restarts)
     return dataclasses.replace(algo, chunk_size=size)
 
 

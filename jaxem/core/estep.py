@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Array = jax.Array
@@ -56,6 +57,13 @@ def default_chunk_size(num_points: int, width: int, lanes: int = 1) -> int:
         budget = RESTART_CHUNK_ELEMENTS // max(width * lanes, 1)
         size = max(min(size, budget), min(RESTART_CHUNK_ROWS, budget), 256)
     return int(min(num_points, size))
+
+
+def chunk_width(model: Any, x: Any) -> int:
+    """The per-point width ``default_chunk_size`` sizes chunks by: the data's values per row times
+    the model's number of components (1 when it has none)."""
+    row = sum(int(np.prod(np.shape(leaf)[1:], dtype=int)) for leaf in jax.tree.leaves(x))
+    return row * getattr(model, "num_components", 1)
 
 
 def _slice_rows(tree: Any, start: Array | int, size: int) -> Any:
