@@ -38,10 +38,37 @@ def nearest_center(x: Array, centers: Array) -> Array:
 
 
 def random_rows(key: Array, x: Array, weights: Array | None, num_centers: int) -> Array:
-    """``num_centers`` distinct rows drawn with probability proportional to ``weights``."""
+    """``num_centers`` distinct rows drawn with probability proportional to ``weights``.
+
+    Drawn one after another without replacement (each next row with probability proportional to the
+    weights of the rows not yet drawn), as the ``num_centers`` largest of ``log w + Gumbel`` noise,
+    taken by repeated argmax: O(N K), where a random permutation or ``top_k`` sorts all N rows
+    (measured 12 ms per draw at N = 2 10^4 on CPU, more than an EM iteration). With fewer rows than
+    centres, rows are drawn with replacement.
+
+    Example:
+        >>> import jax
+        >>> x = jax.numpy.arange(10.0)[:, None]
+        >>> random_rows(jax.random.key(0), x, None, 3).shape
+        (3, 1)
+    """
     n = x.shape[0]
-    p = None if weights is None else weights / jnp.sum(weights)
-    idx = jax.random.choice(key, n, (num_centers,), replace=n < num_centers, p=p)
+    if n < num_centers:
+        p = None if weights is None else weights / jnp.sum(weights)
+        return x[jax.random.choice(key, n, (num_centers,), replace=True, p=p)]
+    score = jax.random.gumbel(key, (n,), x.dtype)
+    if weights is not None:
+        positive = weights > 0
+        score = jnp.where(positive, score + jnp.log(jnp.where(positive, weights, 1)), -jnp.inf)
+
+    def draw(i: Array, carry: tuple[Array, Array]) -> tuple[Array, Array]:
+        score, idx = carry
+        best = jnp.argmax(score)
+        return score.at[best].set(-jnp.inf), idx.at[i].set(best.astype(idx.dtype))
+
+    _, idx = lax.fori_loop(
+        0, num_centers, draw, (score, jnp.zeros((num_centers,), jnp.int32)), unroll=True
+    )
     return x[idx]
 
 

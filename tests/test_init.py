@@ -82,6 +82,30 @@ def test_random_rows_draws_distinct_rows():
     assert len(set(rows)) == 10 and set(rows) <= set(range(20))
 
 
+def test_random_rows_draws_in_proportion_to_the_weights_without_replacement():
+    # Successive sampling: the first row with probability w_i / sum w, the second from the rest.
+    x = jnp.arange(4.0)[:, None]
+    weights = jnp.array([1.0, 2.0, 3.0, 4.0])
+    draws = jax.vmap(lambda key: random_rows(key, x, weights, 2))(
+        jax.random.split(jax.random.key(5), 20_000)
+    )
+    first, second = np.asarray(draws[:, 0, 0], int), np.asarray(draws[:, 1, 0], int)
+    assert np.all(first != second)
+    p = np.asarray(weights) / 10
+    np.testing.assert_allclose(np.bincount(first, minlength=4) / 20_000, p, atol=0.01)
+    # P(second = j) = sum_i p_i p_j / (1 - p_i) over i != j.
+    expected = np.array(
+        [sum(p[i] * p[j] / (1 - p[i]) for i in range(4) if i != j) for j in range(4)]
+    )
+    np.testing.assert_allclose(np.bincount(second, minlength=4) / 20_000, expected, atol=0.01)
+
+
+def test_random_rows_with_fewer_rows_than_centres_repeats_rows():
+    x = jnp.arange(3.0)[:, None]
+    rows = np.asarray(initializers.random_rows(jax.random.key(0), x, None, 5))[:, 0]
+    assert rows.shape == (5,) and set(rows) <= {0.0, 1.0, 2.0}
+
+
 def test_random_resp_depends_only_on_the_row_number():
     key = jax.random.key(4)
     whole = initializers.random_resp(key, jnp.arange(30), 3, jnp.float64)

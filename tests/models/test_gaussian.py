@@ -153,6 +153,11 @@ def test_log_likelihood_never_decreases(covariance_type, dtype):
     float64 allows 1e-12 relative (rounding of a sum of 400 terms). float32 allows 2e-6 relative,
     about 16 float32 epsilons: near a fixed point the true increase is far below the resolution of
     a float32 mean log-likelihood, whose rounding then decides the sign of the difference.
+
+    In float32 a lane that ends with a collapsed component (``degenerate``: fewer points than it
+    needs, its covariance at the ``reg_covar`` floor, condition number ~1e6) is left out: its
+    densities carry relative errors of eps x 1e6, so the sign of a step is rounding, not EM. Such
+    lanes are what ``degenerate_`` reports to the user; at most 2 of the 16 may be left out.
     """
     slack = {np.float32: 2e-6, np.float64: 1e-12}[dtype]
     centres = np.array([[0.0, 0.0, 0.0], [2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [3.0, 3.0, 3.0]])
@@ -168,8 +173,14 @@ def test_log_likelihood_never_decreases(covariance_type, dtype):
         history = np.asarray(lanes.history, np.float64)
         assert np.all(np.asarray(lanes.status) == jaxem.Status.MAX_ITER)
         assert np.all(np.isfinite(history))
-        steps = np.diff(history, axis=1)
-        allowed = slack * np.abs(history[:, 1:])
+        checked = np.ones(16, bool)
+        if dtype == np.float32:
+            gaussian = algo.model.components
+            degenerate = jax.vmap(lambda p: gaussian.degenerate(p.components, p.weights * 400))
+            checked = ~np.any(np.asarray(degenerate(lanes.params)), axis=-1)
+            assert checked.sum() >= 14
+        steps = np.diff(history[checked], axis=1)
+        allowed = slack * np.abs(history[checked, 1:])
         assert np.all(steps >= -allowed), steps.min()
         # EM actually moved: every lane gained likelihood overall.
         assert np.all(history[:, -1] > history[:, 0])
