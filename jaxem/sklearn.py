@@ -26,7 +26,7 @@ from jax import lax
 
 from jaxem import validation
 from jaxem.core.engine import EM, ConvergenceWarning, Status, em, fit_restarts, prepare_data
-from jaxem.core.estep import default_chunk_size, reduce_chunks
+from jaxem.core.estep import chunk_width, default_chunk_size, reduce_chunks
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import Components
 from jaxem.core.mstep import default_mstep
@@ -283,7 +283,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
         if labels is not None:
             fit_model = Mixture(Labelled(model.components), model.weight_concentration)
             data = (x, jnp.asarray(labels))
-        width = num_features * model.num_components
+        width = chunk_width(fit_model, data)
         restart_chunk = chunk_size or default_chunk_size(num_samples, width, n_init)
         # A family without a closed form for every block (a gamma shape) takes the gradient path.
         mstep = default_mstep(fit_model)
@@ -404,9 +404,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
 
     def _rows_output(self, X: Any, output: str) -> np.ndarray:
         x = self._fitted_rows(X)
-        size = self.chunk_size or default_chunk_size(
-            x.shape[0], x.shape[1] * self.model_.num_components
-        )
+        size = self.chunk_size or default_chunk_size(x.shape[0], chunk_width(self.model_, x))
         return np.asarray(_per_row(self.model_, self.params_, x, output, int(size)))
 
     def predict(self, X: Any) -> np.ndarray:

@@ -180,6 +180,15 @@ class Gaussian(ConjugateComponents):
             return False  # one shared [C, D] x [D, D] product is cheaper than features
         return jnp.dtype(dtype) == jnp.float64
 
+    def point_width(self, num_features: int, dtype: Any) -> int:
+        """Values per data point in a chunk's largest intermediates (chunk sizing): the features
+        and the responsibilities where the quadratic forms are expanded, else the ``[C, K, D]``
+        differences to every component."""
+        k, d = self.num_components, num_features
+        if not self._expanded(dtype):
+            return k * d
+        return (d * (d + 1) // 2 + d if self._full_features else 2 * d) + k
+
     def log_det_precision_cholesky(self, params: GaussianParams) -> Array:
         """``log det U_k`` per component, shape ``[K]``."""
         u = params.precision_cholesky
