@@ -91,19 +91,16 @@ stage("one tiny jit")
     + """
 stage("data on the device")
 from jaxem.core import engine
-from jaxem.core.subsample import initial_params
 algo = jaxem.em(jaxem.Mixture(jaxem.Gaussian({k})))
 prepared, _ = engine.prepare_data(x, None)
 stage("prepare_data (checks)")
 algo = engine._resolve(algo, prepared)
-params = jax.jit(initial_params, static_argnums=0)(algo.model, jax.random.key(0), prepared, None)
+params = engine._start_from_key(algo.model, jax.random.key(0), prepared, None)
 jax.block_until_ready(params)
 stage("initialisation (compiled and run)")
-compiled = engine._fit_from_key.lower(
-    algo, jax.random.key(0), prepared, None, 0.0, {iters}, 0
-).compile()
+compiled = engine._fit_from_params.lower(algo, params, prepared, None, 0.0, {iters}, 0).compile()
 stage("fit compiled")
-result = compiled(jax.random.key(0), prepared, None, 0.0)
+result = compiled(params, prepared, None, 0.0)
 result.log_likelihood.block_until_ready()
 stage("fit run")
 """

@@ -165,19 +165,22 @@ def test_second_fit_does_not_compile_again():
     x1, x2 = two_blobs(6), two_blobs(7)
     jaxem.fit(jaxem.em(jaxem.Mixture(family)), jax.random.key(0), x1, max_iter=5)
     jaxem.fit_restarts(jaxem.em(jaxem.Mixture(family)), jax.random.key(0), x1, num_restarts=2)
-    sizes = (engine._fit_from_key._cache_size(), engine._fit_restarts_from_keys._cache_size())
+    programs = (
+        engine._start_from_key,
+        engine._fit_from_params,
+        engine._starts_from_keys,
+        engine._fit_restarts_from_params,
+    )
+    sizes = [program._cache_size() for program in programs]
     # New data, key, tol and a new but equal configuration: nothing compiles.
     jaxem.fit(jaxem.em(jaxem.Mixture(jaxem.Gaussian(2))), jax.random.key(1), x2, max_iter=5, tol=0)
     jaxem.fit_restarts(
         jaxem.em(jaxem.Mixture(jaxem.Gaussian(2))), jax.random.key(3), x2, num_restarts=2, tol=1e-5
     )
-    assert (
-        engine._fit_from_key._cache_size(),
-        engine._fit_restarts_from_keys._cache_size(),
-    ) == sizes
+    assert [program._cache_size() for program in programs] == sizes
     # A different static setting does compile (the count above can move).
     jaxem.fit(jaxem.em(jaxem.Mixture(family)), jax.random.key(0), x1, max_iter=6)
-    assert engine._fit_from_key._cache_size() == sizes[0] + 1
+    assert engine._fit_from_params._cache_size() == sizes[1] + 1
 
 
 # ---- weights -------------------------------------------------------------------------------------

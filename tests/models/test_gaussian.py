@@ -175,8 +175,9 @@ def test_log_likelihood_never_decreases(covariance_type, dtype):
         assert np.all(np.isfinite(history))
         checked = np.ones(16, bool)
         if dtype == np.float32:
-            gaussian = algo.model.components
-            degenerate = jax.vmap(lambda p: gaussian.degenerate(p.components, p.weights * 400))
+            degenerate = jax.vmap(
+                lambda p: algo.model.components.degenerate(p.components, p.weights * 400)
+            )
             checked = ~np.any(np.asarray(degenerate(lanes.params)), axis=-1)
             assert checked.sum() >= 14
         steps = np.diff(history[checked], axis=1)
