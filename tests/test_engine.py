@@ -9,7 +9,7 @@ import pytest
 
 import jaxem
 from jaxem.core import engine
-from jaxem.core.estep import reduce_chunks
+from jaxem.core.estep import chunk_width, default_chunk_size, reduce_chunks
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -53,6 +53,24 @@ def test_reduce_chunks_sees_every_row_once_with_global_indices():
     expected = jnp.array([253.0, float(np.sum(np.arange(23.0) * (np.arange(23) % 3))), 253.0, 0.0])
     for chunk_size in (None, 1, 5, 7, 22, 23, 100):
         np.testing.assert_array_equal(reduce_chunks(fn, x, weights, chunk_size), expected)
+
+
+def test_default_chunks_follow_the_models_intermediates():
+    # Expanded float64 full covariance: D (D + 1) / 2 + D features plus K responsibilities per row;
+    # float32 full keeps the [C, K, D] differences; diagonal: 2 D features plus K.
+    x64, x32 = jnp.zeros((1, 16), jnp.float64), jnp.zeros((1, 16), jnp.float32)
+    full, diag = jaxem.Mixture(jaxem.Gaussian(16)), jaxem.Mixture(jaxem.Gaussian(16, "diag"))
+    assert chunk_width(full, x64) == 168  # the tests run with 64-bit mode on (conftest.py)
+    assert chunk_width(full, x32) == 256
+    assert chunk_width(diag, x32) == 48
+    assert chunk_width(jaxem.Mixture(jaxem.Poisson(3)), jnp.zeros((1, 5))) == 15
+    # The power of two nearest 2^19 / width, at least 256, at most N; restarts divide by the lanes
+    # but keep 1024 rows for the shared products.
+    assert default_chunk_size(10**6, 168) == 4096  # 2^19 / 168 = 3121
+    assert default_chunk_size(10**6, 52) == 8192  # 10082
+    assert default_chunk_size(10**6, 52, lanes=32) == 1024
+    assert default_chunk_size(10**6, 10**6) == 256
+    assert default_chunk_size(1000, 52) == 1000
 
 
 @pytest.mark.timeout(120)
