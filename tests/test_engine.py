@@ -74,6 +74,22 @@ def test_default_chunks_follow_the_models_intermediates():
 
 
 @pytest.mark.timeout(120)
+def test_a_start_compiled_for_another_sample_size_is_not_reused(monkeypatch):
+    # The sample size is read when fit is called, not frozen into a cached program.
+    from jaxem.core import subsample
+
+    x = two_blobs(11)
+    algo = jaxem.em(jaxem.Mixture(jaxem.Gaussian(2, "spherical")))
+    with monkeypatch.context() as patch:
+        patch.setattr(subsample, "SAMPLE_ROWS", 16)
+        sampled = jaxem.fit(algo, jax.random.key(0), x, max_iter=0)
+    whole = jaxem.fit(algo, jax.random.key(0), x, max_iter=0)
+    direct = algo.model.init(jax.random.key(0), jnp.asarray(x), None)
+    np.testing.assert_allclose(whole.params.components.means, direct.components.means, rtol=1e-12)
+    assert not np.allclose(sampled.params.components.means, direct.components.means)
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_chunked_e_step_equals_whole(covariance_type):
     x = jnp.asarray(two_blobs(1, 100))  # 200 rows

@@ -18,7 +18,7 @@ from jaxem.core.accelerate import make_accelerator
 from jaxem.core.estep import chunk_width, default_chunk_size, num_rows, reduce_chunks, total_weight
 from jaxem.core.model import Model
 from jaxem.core.mstep import ClosedForm, MStep, apply_mstep, init_mstep_state
-from jaxem.core.subsample import initial_params
+from jaxem.core.subsample import initial_params, sample_size
 
 Array = jax.Array
 
@@ -273,23 +273,24 @@ def _fit_from_params(algo, params, x, weights, tol, max_iter, verbose):
 
 # Starts from keys compile as programs of their own, not inside the fit's: XLA's compile-time
 # memory is returned to the heap between compilations, so two programs peak at the larger one's
-# (measured at (10^6, 8, 8): 175 MiB against 252 MiB for one program holding both).
-@partial(jax.jit, static_argnames=("model",))
-def _start_from_key(model, key, x, weights):
-    return initial_params(model, key, x, weights)
+# (measured at (10^6, 8, 8): 175 MiB against 252 MiB for one program holding both). The sample
+# size is a static argument, so a compiled start is reused only for the same sample size.
+@partial(jax.jit, static_argnames=("model", "size"))
+def _start_from_key(model, key, x, weights, size):
+    return initial_params(model, key, x, weights, size)
 
 
 # Restart lanes whose starts are computed together (see _starts_from_keys).
 INIT_BATCH_LANES = 4
 
 
-@partial(jax.jit, static_argnames=("model",))
-def _starts_from_keys(model, keys, x, weights):
+@partial(jax.jit, static_argnames=("model", "size"))
+def _starts_from_keys(model, keys, x, weights, size):
     # Starts in batches of lanes: each batch shares its passes over the data (half the time of one
     # lane at a time for 32 restarts at (2 10^4, 8, 8)), while the sample ranking's temporaries grow
     # with the batch, not with every lane.
     return lax.map(
-        lambda key: initial_params(model, key, x, weights), keys, batch_size=INIT_BATCH_LANES
+        lambda key: initial_params(model, key, x, weights, size), keys, batch_size=INIT_BATCH_LANES
     )
 
 
@@ -467,7 +468,7 @@ def fit(
     tol = float(tol)  # an int tol would trace as another dtype and compile the fit again
     algo = _resolve(algo, x)
     if is_key(init):
-        init = _start_from_key(algo.model, init, x, weights)
+        init = _start_from_key(algo.model, init, x, weights, sample_size(x))
     return _fit_from_params(algo, init, x, weights, tol, max_iter, verbose)
 
 
@@ -534,7 +535,7 @@ def fit_restarts(
             keys = jax.random.split(init, num_restarts)
         lanes = keys.shape[0]
         algo = _resolve(algo, x, lanes)
-        init = _starts_from_keys(algo.model, keys, x, weights)
+        init = _starts_from_keys(algo.model, keys, x, weights, sample_size(x))
     else:
         lanes = jax.tree.leaves(init)[0].shape[0]
         algo = _resolve(algo, x, lanes)

@@ -252,9 +252,11 @@ def sample_rows(
     return sample, sample_weights if weighted else None
 
 
-def initial_params(model: Any, key: Array, x: Any, weights: Array | None) -> Any:
+def initial_params(
+    model: Any, key: Array, x: Any, weights: Array | None, size: int | None = None
+) -> Any:
     """``model.init`` on all rows, or on a :func:`sample_rows` sample when there are more than
-    :func:`sample_size`.
+    ``size`` (default :func:`sample_size`).
 
     Example:
         >>> import jax, jaxem
@@ -263,7 +265,7 @@ def initial_params(model: Any, key: Array, x: Any, weights: Array | None) -> Any
         >>> initial_params(model, jax.random.key(1), x, None).weights.shape
         (2,)
     """
-    size = sample_size(x)
+    size = sample_size(x) if size is None else size
     if num_rows(x) <= size:
         return model.init(key, x, weights)
     key_sample, key_init = jax.random.split(key)
