@@ -66,9 +66,7 @@ def random_rows(key: Array, x: Array, weights: Array | None, num_centers: int) -
         best = jnp.argmax(score)
         return score.at[best].set(-jnp.inf), idx.at[i].set(best.astype(idx.dtype))
 
-    _, idx = lax.fori_loop(
-        0, num_centers, draw, (score, jnp.zeros((num_centers,), jnp.int32)), unroll=True
-    )
+    _, idx = lax.fori_loop(0, num_centers, draw, (score, jnp.zeros((num_centers,), jnp.int32)))
     return x[idx]
 
 
