@@ -91,13 +91,13 @@ stage("one tiny jit")
     + """
 stage("data on the device")
 from jaxem.core import engine
+from jaxem.core.subsample import sample_size
 algo = jaxem.em(jaxem.Mixture(jaxem.Gaussian({k})))
 prepared, _ = engine.prepare_data(x, None)
 stage("prepare_data (checks)")
 algo = engine._resolve(algo, prepared)
-params = engine._start_from_key(
-    algo.model, jax.random.key(0), prepared, None, engine.sample_size(prepared)
-)
+size = sample_size(prepared)
+params = engine._start_from_key(algo.model, jax.random.key(0), prepared, None, size)
 jax.block_until_ready(params)
 stage("initialisation (compiled and run)")
 compiled = engine._fit_from_params.lower(algo, params, prepared, None, 0.0, {iters}, 0).compile()

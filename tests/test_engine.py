@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jaxem
-from jaxem.core import engine
+from jaxem.core import engine, subsample
 from jaxem.core.estep import chunk_width, default_chunk_size, reduce_chunks
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -76,8 +76,6 @@ def test_default_chunks_follow_the_models_intermediates():
 @pytest.mark.timeout(120)
 def test_a_start_compiled_for_another_sample_size_is_not_reused(monkeypatch):
     # The sample size is read when fit is called, not frozen into a cached program.
-    from jaxem.core import subsample
-
     x = two_blobs(11)
     algo = jaxem.em(jaxem.Mixture(jaxem.Gaussian(2, "spherical")))
     with monkeypatch.context() as patch:
