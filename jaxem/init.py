@@ -1,12 +1,13 @@
 """Initialisation strategies in pure JAX: k-means++, k-means (Lloyd), random rows, random
 responsibilities, and hard assignment of points to centres.
 
-Every function takes explicit PRNG keys and optional per-point weights, works chunk by chunk where
-it
-passes over the data, and gives the same answer for any ``chunk_size``.
+Every function takes explicit PRNG keys and optional per-point weights, works chunk by chunk
+where it passes over the data, and gives the same answer for any ``chunk_size``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,12 @@ Array = jax.Array
 # k-means++ seeds from at most this many rows, so its O(N) distance vector stays bounded; with fewer
 # rows it uses all of them.
 KMEANS_PLUSPLUS_MAX_ROWS = 1 << 16
+
+
+def _as_arrays(x: Any, weights: Any) -> tuple[Array, Array | None]:
+    """JAX arrays of the data and weights: rows are picked by traced indices, which a NumPy array
+    cannot take."""
+    return jnp.asarray(x), None if weights is None else jnp.asarray(weights)
 
 
 def squared_distances(x: Array, centers: Array) -> Array:
@@ -52,6 +59,7 @@ def random_rows(key: Array, x: Array, weights: Array | None, num_centers: int) -
         >>> random_rows(jax.random.key(0), x, None, 3).shape
         (3, 1)
     """
+    x, weights = _as_arrays(x, weights)
     n = x.shape[0]
     if n < num_centers:
         p = None if weights is None else weights / jnp.sum(weights)
@@ -83,6 +91,7 @@ def kmeans_plusplus(key: Array, x: Array, weights: Array | None, num_centers: in
         >>> kmeans_plusplus(jax.random.key(1), x, None, 3).shape
         (3, 2)
     """
+    x, weights = _as_arrays(x, weights)
     n = x.shape[0]
     key_sample, key_first, key_rest = jax.random.split(key, 3)
     if n > KMEANS_PLUSPLUS_MAX_ROWS:

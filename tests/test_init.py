@@ -174,3 +174,22 @@ def test_random_resp_init_is_finite_and_fits():
     result = jaxem.fit(algo, jax.random.key(0), x, max_iter=200)
     assert int(result.status) == jaxem.Status.CONVERGED
     assert np.all(np.diff(np.asarray(result.history)[: int(result.num_iters)]) > -1e-12)
+
+
+@pytest.mark.parametrize(
+    "components",
+    [jaxem.Gaussian(4, init_method=method) for method in ("kmeans++", "kmeans", "random_rows")]
+    + [jaxem.Poisson(4), jaxem.StudentT(4)],
+    ids=lambda c: f"{type(c).__name__}-{getattr(c, 'init_method', '')}",
+)
+def test_init_takes_numpy_data_outside_jit(components):
+    # Seeding picks rows by traced indices, which a NumPy array cannot take: it must be converted.
+    x_np = np.abs(clustered(3))
+    weights_np = np.linspace(0.5, 1.5, len(x_np))
+    x_before, weights_before = x_np.copy(), weights_np.copy()
+    model = jaxem.Mixture(components)
+    from_numpy = model.init(jax.random.key(0), x_np, weights_np)
+    from_jax = model.init(jax.random.key(0), jnp.asarray(x_np), jnp.asarray(weights_np))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), from_numpy, from_jax)
+    np.testing.assert_array_equal(x_np, x_before)
+    np.testing.assert_array_equal(weights_np, weights_before)
