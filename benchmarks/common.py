@@ -66,6 +66,28 @@ def best_time(fn: Callable[[], Any], *, repeat: int = 5, warmup: int = 0) -> Tim
     return Timing(best=times[0], median=times[len(times) // 2], repeat=len(times))
 
 
+def interleaved_best_times(
+    fns: dict[str, Callable[[], Any]], *, repeat: int = 5
+) -> dict[str, Timing]:
+    """:func:`best_time` of several functions, timed in turns (one call of each per round).
+
+    On a shared machine the background load drifts over seconds; taking turns gives every
+    function the same chance of a quiet moment, where timing one after the other can leave one of
+    them (often the faster one, whose calls all fit in a few seconds) entirely in a busy spell.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(repeat, 1)):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    timings = {}
+    for name, values in times.items():
+        values.sort()
+        timings[name] = Timing(best=values[0], median=values[len(values) // 2], repeat=len(values))
+    return timings
+
+
 def first_call_time(fn: Callable[[], Any]) -> float:
     """Seconds of one call, e.g. the first call of a jitted function (compile plus one run)."""
     start = time.perf_counter()

@@ -7,7 +7,8 @@ per case:
   iterations) / ``max_iter``, each the best of ``--repeat``, so the fixed costs of a call (input
   checks, dispatch, the final objective pass) are not counted as iterations; for scikit-learn, its
   own loop body (``_e_step`` then ``_m_step``, what ``GaussianMixture.fit`` repeats) run
-  ``max_iter`` times, divided by ``max_iter``, best of ``--repeat``;
+  ``max_iter`` times, divided by ``max_iter``, best of ``--repeat``; the three are timed in turns
+  (one call of each per round), so a busy spell on a shared machine does not fall on one only;
 * jaxem's compile time (first call minus a warm call), reported apart;
 * end-to-end ``fit`` seconds of both (jaxem warm; scikit-learn with
   ``init_params="random_from_data"`` so its set-up is one cheap pass);
@@ -44,6 +45,7 @@ from common import (  # noqa: E402
     best_time,
     block,
     first_call_time,
+    interleaved_best_times,
     machine_info,
     matmul_peak_gflops,
     peak_rss_of,
@@ -123,10 +125,7 @@ def bench_case(n, d, k, covariance_type, dtype, iters, repeat, peaks):
         return block(jaxem.fit(algo, params, x, max_iter=max_iter, tol=0.0))
 
     first = first_call_time(run_jaxem)
-    jaxem_fit = best_time(run_jaxem, repeat=repeat)
-    compile_s = max(first - jaxem_fit.best, 0.0)
     run_jaxem(0)
-    jaxem_fixed = best_time(lambda: run_jaxem(0), repeat=repeat)
 
     reference = sklearn_model(k, covariance_type, weights0, means0, precisions0, iters)
     with warnings.catch_warnings():
@@ -147,7 +146,16 @@ def bench_case(n, d, k, covariance_type, dtype, iters, repeat, peaks):
             _, log_resp = reference._e_step(x_np)
             reference._m_step(x_np, log_resp)
 
-    sklearn_iters = best_time(sklearn_loop, repeat=repeat)
+    timings = interleaved_best_times(
+        {"jaxem": run_jaxem, "jaxem_fixed": lambda: run_jaxem(0), "sklearn": sklearn_loop},
+        repeat=repeat,
+    )
+    jaxem_fit, jaxem_fixed, sklearn_iters = (
+        timings["jaxem"],
+        timings["jaxem_fixed"],
+        timings["sklearn"],
+    )
+    compile_s = max(first - jaxem_fit.best, 0.0)
     result = run_jaxem()
     jaxem_iter = max(jaxem_fit.best - jaxem_fixed.best, 0.0) / iters
     sklearn_iter = sklearn_iters.best / iters
