@@ -26,7 +26,9 @@ def test_the_documented_notebooks_exist():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+# Generous: the kernel is a third process beside two test workers on a 2-core machine, and there
+# the custom_model notebook's 64-restart gradient-EM cell (26 s alone) was seen to pass 180 s.
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
 def test_notebook_runs(path, monkeypatch):
     # The kernel is a fresh process: it finds this checkout of jaxem and draws without a display.
@@ -39,7 +41,7 @@ def test_notebook_runs(path, monkeypatch):
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         notebook,
-        timeout=180,
+        timeout=600,
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
     )
