@@ -57,13 +57,7 @@ def best_time(fn: Callable[[], Any], *, repeat: int = 5, warmup: int = 0) -> Tim
     """
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(max(repeat, 1)):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return Timing(best=times[0], median=times[len(times) // 2], repeat=len(times))
+    return interleaved_best_times({"fn": fn}, repeat=repeat)["fn"]
 
 
 def interleaved_best_times(
@@ -81,11 +75,10 @@ def interleaved_best_times(
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    timings = {}
-    for name, values in times.items():
-        values.sort()
-        timings[name] = Timing(best=values[0], median=values[len(values) // 2], repeat=len(values))
-    return timings
+    return {
+        name: Timing(best=min(values), median=sorted(values)[len(values) // 2], repeat=len(values))
+        for name, values in times.items()
+    }
 
 
 def first_call_time(fn: Callable[[], Any]) -> float:
