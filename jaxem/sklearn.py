@@ -25,12 +25,20 @@ import numpy as np
 from jax import lax
 
 from jaxem import validation
-from jaxem.core.engine import EM, ConvergenceWarning, Status, em, fit_restarts, prepare_data
+from jaxem.core.engine import (
+    EM,
+    ConvergenceWarning,
+    Status,
+    _start_from_key,
+    em,
+    fit_restarts,
+    prepare_data,
+)
 from jaxem.core.estep import chunk_width, default_chunk_size, reduce_chunks
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import Components
 from jaxem.core.mstep import default_mstep
-from jaxem.core.subsample import initial_params
+from jaxem.core.subsample import initial_params, sample_size
 from jaxem.init import nearest_center
 from jaxem.labels import Labelled, check_labels
 from jaxem.missing import MISSING_OPTIONS, fill_column_means, impute, marginalize_missing
@@ -356,7 +364,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
                 key = jax.random.key(validation.check_random_state(self.random_state))
                 init = self._initial_params(model, key[None], x, weights, checked)
                 params = (
-                    jax.jit(initial_params, static_argnums=0)(model, key, x, weights)
+                    _start_from_key(model, key, x, weights, sample_size(x))
                     if init is None
                     else jax.tree.map(lambda a: a[0], init)
                 )

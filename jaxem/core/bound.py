@@ -21,13 +21,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxem.core.engine import EM, _resolve, is_key, prepare_data
+from jaxem.core.engine import EM, _resolve, _start_from_key, is_key, prepare_data
 from jaxem.core.estep import reduce_chunks, total_weight
 from jaxem.core.mstep import expected_objective, init_mstep_state
-from jaxem.core.subsample import initial_params
+from jaxem.core.subsample import sample_size
 
 Array = jax.Array
-_initial_params = jax.jit(initial_params, static_argnums=0)
 
 
 class BoundTrace(NamedTuple):
@@ -104,8 +103,9 @@ def trace_bound(
     x, weights = prepare_data(x, weights)
     algo = _resolve(algo, x)
     # From a key, the parameters jaxem.fit starts from (a sample of the rows when there are many).
-    params = _initial_params(algo.model, init, x, weights) if is_key(init) else init
-    return _trace(algo, params, x, weights, num_iters)
+    if is_key(init):
+        init = _start_from_key(algo.model, init, x, weights, sample_size(x))
+    return _trace(algo, init, x, weights, num_iters)
 
 
 __all__ = ["BoundTrace", "trace_bound"]

@@ -24,10 +24,11 @@ from jaxem.core.engine import (
     _check_iterations,
     _resolve,
     _run,
+    _starts_from_keys,
     is_key,
     prepare_data,
 )
-from jaxem.core.subsample import initial_params
+from jaxem.core.subsample import sample_size
 
 Array = jax.Array
 
@@ -36,12 +37,6 @@ Array = jax.Array
 def _start(
     algo: EM, params: Any, x: Any, weights: Array | None, tol: Array, max_iter: int
 ) -> FitResult:
-    return jax.vmap(lambda p: _run(algo, p, x, weights, tol, max_iter, 0, pause_at=0))(params)
-
-
-@partial(jax.jit, static_argnames=("algo", "max_iter"))
-def _start_from_keys(algo, keys, x, weights, tol, max_iter):
-    params = jax.vmap(lambda k: initial_params(algo.model, k, x, weights))(keys)
     return jax.vmap(lambda p: _run(algo, p, x, weights, tol, max_iter, 0, pause_at=0))(params)
 
 
@@ -107,7 +102,8 @@ def fit_restarts_pruned(
                 raise ValueError("num_restarts must be a positive integer when init is one key.")
             keys = jax.random.split(init, num_restarts)
         algo = _resolve(algo, x, keys.shape[0])
-        lanes = _start_from_keys(algo, keys, x, weights, tol, max_iter)
+        starts = _starts_from_keys(algo.model, keys, x, weights, sample_size(x))
+        lanes = _start(algo, starts, x, weights, tol, max_iter)
     else:
         algo = _resolve(algo, x, jax.tree.leaves(init)[0].shape[0])
         lanes = _start(algo, init, x, weights, tol, max_iter)
