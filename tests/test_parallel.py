@@ -72,6 +72,8 @@ def run_on_four_devices(source: str, tmp: Path) -> None:
         # Keep the caller's flags (conftest's faster compiles) and add the 4 host devices.
         XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4",
         JAX_ENABLE_X64="1",
+        # The 4 devices are host (CPU) devices, also where a GPU would be the default backend.
+        JAX_PLATFORMS="cpu",
         PYTHONPATH=str(REPO),
     )
     proc = subprocess.run(
