@@ -50,6 +50,7 @@ from jaxem.core.engine import check_missing
 from jaxem.core.estep import default_chunk_size, reduce_chunks
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import Components, ConjugateComponents
+from jaxem.core.precision import jit
 from jaxem.models.bernoulli import Bernoulli
 from jaxem.models.categorical import Categorical
 from jaxem.models.exponential import Exponential
@@ -470,7 +471,7 @@ def marginalize_missing(model: Mixture) -> Mixture:
     return Mixture(MissingValues(model.components), model.weight_concentration)
 
 
-@partial(jax.jit, static_argnames=("model", "batch_size"))
+@partial(jit, static_argnames=("model", "batch_size"))
 def _impute(model: Mixture, params: MixtureParams, x: Array, batch_size: int) -> Array:
     def rows(xc: Array) -> Array:
         log_resp, _ = model.log_resp(params, xc)

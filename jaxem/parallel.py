@@ -36,6 +36,7 @@ from jaxem.core.engine import (
 )
 from jaxem.core.estep import num_rows
 from jaxem.core.mstep import ClosedForm, Gradient
+from jaxem.core.precision import jit
 from jaxem.core.subsample import sample_rows, sample_size
 
 Array = jax.Array
@@ -263,7 +264,7 @@ def _lanes_on_mesh(
                 placed.row_offsets,
             )
         keys = jax.device_put(keys, NamedSharding(mesh, P()))
-        init_lanes = jax.jit(
+        init_lanes = jit(
             jax.vmap(algo.model.init, in_axes=(0, None, None)), out_shardings=lane_sharding
         )
         return init_lanes(keys, placed.x, placed.weights)
@@ -272,7 +273,7 @@ def _lanes_on_mesh(
     return jax.device_put(init, lane_sharding)
 
 
-@partial(jax.jit, static_argnames=("model", "mesh", "size", "weighted"))
+@partial(jit, static_argnames=("model", "mesh", "size", "weighted"))
 def _init_from_sample(
     model: Any,
     mesh: Mesh,
@@ -305,7 +306,7 @@ def _init_from_sample(
     )(keys, x, weights, row_offsets)
 
 
-@partial(jax.jit, static_argnames=("algo", "mesh", "max_iter", "verbose"))
+@partial(jit, static_argnames=("algo", "mesh", "max_iter", "verbose"))
 def _fit_lanes(
     algo: EM, mesh: Mesh, params: Any, x: Any, weights: Any, tol: Any, max_iter: int, verbose: int
 ) -> FitResult:

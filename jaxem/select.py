@@ -31,6 +31,7 @@ from jaxem.core.engine import FitResult, Status, em, fit_restarts, is_key, prepa
 from jaxem.core.estep import chunk_width, default_chunk_size, num_rows, reduce_chunks, total_weight
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import count_free_parameters
+from jaxem.core.precision import jit
 from jaxem.hmm.model import HiddenMarkovModel, Sequences
 from jaxem.models.gaussian import COVARIANCE_TYPES, Gaussian, GaussianParams
 
@@ -81,7 +82,7 @@ def _num_features(model: Any, x: Any) -> int:
     return leaf.shape[1] if leaf.ndim > 1 else 1
 
 
-@partial(jax.jit, static_argnames=("model", "chunk_size"))
+@partial(jit, static_argnames=("model", "chunk_size"))
 def _log_likelihood_and_entropy(
     model: Any, params: Any, x: Array, weights: Array | None, chunk_size: int
 ) -> tuple[Array, Array]:
@@ -317,13 +318,13 @@ def _take_components(params: MixtureParams, k: int, covariance_type: str) -> Mix
     return MixtureParams(params.weights[:, :k], GaussianParams(comp.means[:, :k], precision))
 
 
-@partial(jax.jit, static_argnames=("num_centers",))
+@partial(jit, static_argnames=("num_centers",))
 def _seed_centers(keys: Array, x: Array, weights: Array | None, num_centers: int) -> Array:
     """k-means++ centres per key, shared by every covariance type (compiled once per grid)."""
     return jax.vmap(lambda key: initializers.kmeans_plusplus(key, x, weights, num_centers))(keys)
 
 
-@partial(jax.jit, static_argnames=("components", "chunk_size"))
+@partial(jit, static_argnames=("components", "chunk_size"))
 def _padded_initial_params(
     components: Gaussian,
     centers: Array,
@@ -358,7 +359,7 @@ def _padded_initial_params(
     return jax.vmap(one)(centers, num_active)
 
 
-@partial(jax.jit, static_argnames=("model", "chunk_size"))
+@partial(jit, static_argnames=("model", "chunk_size"))
 def _lane_summaries(
     model: Mixture,
     params: MixtureParams,

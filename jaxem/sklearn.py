@@ -38,6 +38,7 @@ from jaxem.core.estep import chunk_width, default_chunk_size, reduce_chunks
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import Components
 from jaxem.core.mstep import default_mstep
+from jaxem.core.precision import jit
 from jaxem.core.subsample import initial_params, sample_size
 from jaxem.init import nearest_center
 from jaxem.labels import Labelled, check_labels
@@ -105,7 +106,7 @@ INIT_PARAMS = {
 }
 
 
-@partial(jax.jit, static_argnames=("model", "output", "batch_size"))
+@partial(jit, static_argnames=("model", "output", "batch_size"))
 def _per_row(model: Mixture, params: MixtureParams, x: Array, output: str, batch_size: int):
     """Labels, responsibilities or log-densities of every row, ``batch_size`` rows at a time."""
 
@@ -120,13 +121,13 @@ def _per_row(model: Mixture, params: MixtureParams, x: Array, output: str, batch
     return lax.map(one, x, batch_size=batch_size)
 
 
-@partial(jax.jit, static_argnames=("algo",))
+@partial(jit, static_argnames=("algo",))
 def _final_counts(algo: EM, params: MixtureParams, x: Array, weights: Array | None) -> Array:
     """Summed responsibilities per component at ``params`` (the final E-step)."""
     return algo.e_pass(params, x, weights)[0].counts
 
 
-@partial(jax.jit, static_argnames=("model", "num_samples"))
+@partial(jit, static_argnames=("model", "num_samples"))
 def _sample(model: Mixture, params: MixtureParams, key: Array, num_samples: int):
     key_labels, key_draw = jax.random.split(key)
     labels = jax.random.categorical(key_labels, jnp.log(params.weights), shape=(num_samples,))
@@ -345,7 +346,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
         this batch; each call moves the running statistics toward the batch's by the step
         ``(t + 1) ** -0.6`` and refits the parameters from them. ``n_iter_`` counts the batches.
         """
-        from jaxem.streaming import OnlineEM
+        from jaxem.streaming import OnlineEM, _online_update
 
         del y
         array = validation.check_data(X)
@@ -372,9 +373,7 @@ class MixtureModel(*_ESTIMATOR_BASES):
         else:
             validation.check_num_features(array, self.n_features_in_, type(self).__name__)
         online = OnlineEM(self.model_ if hasattr(self, "model_") else model)
-        state, batch_objective = jax.jit(type(online).update, static_argnums=0)(
-            online, state, x, weights
-        )
+        state, batch_objective = _online_update(online, state, x, weights)
         self.model_ = online.model
         self.params_ = _to_numpy(state.params)
         self._online_state, self._online_params = state, state.params
@@ -646,15 +645,29 @@ class GaussianMixture(MixtureModel):
         )
 
     def _set_family_attributes(self, model: Mixture, params: MixtureParams, counts: Array) -> None:
-        gaussian = model.components
         self.means_ = np.asarray(params.components.means)
         self.precisions_cholesky_ = np.asarray(params.components.precision_cholesky)
-        self.covariances_ = np.asarray(gaussian.covariances(params.components))
-        self.precisions_ = np.asarray(gaussian.precisions(params.components))
-        self.degenerate_ = np.asarray(gaussian.degenerate(params.components, counts))
+        covariances, precisions, degenerate = _gaussian_attributes(
+            model.components, params.components, counts
+        )
+        self.covariances_ = np.asarray(covariances)
+        self.precisions_ = np.asarray(precisions)
+        self.degenerate_ = np.asarray(degenerate)
 
 
-@partial(jax.jit, static_argnames=("model",))
+@partial(jit, static_argnames=("gaussian",))
+def _gaussian_attributes(
+    gaussian: Gaussian, params: GaussianParams, counts: Array
+) -> tuple[Array, Array, Array]:
+    # Compiled (at full precision): eager float32 products on a GPU would be TensorFloat-32.
+    return (
+        gaussian.covariances(params),
+        gaussian.precisions(params),
+        gaussian.degenerate(params, counts),
+    )
+
+
+@partial(jit, static_argnames=("model",))
 def _gaussian_initial_params(
     model: Mixture,
     keys: Array,

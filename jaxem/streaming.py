@@ -42,6 +42,7 @@ from jaxem.core.estep import chunk_width, default_chunk_size, num_rows, reduce_c
 from jaxem.core.mixture import Mixture, MixtureParams, MixtureStats
 from jaxem.core.model import ConjugateComponents
 from jaxem.core.mstep import ClosedForm
+from jaxem.core.precision import jit
 from jaxem.core.subsample import empty_ranking, rank_rows, ranked_sample, sample_size
 
 Array = jax.Array
@@ -124,7 +125,7 @@ def _make_source(source: Any, weights: Any, chunk_size: int | None, width: int) 
 # ---- one pass -----------------------------------------------------------------------------------
 
 
-@partial(jax.jit, static_argnames=("model",))
+@partial(jit, static_argnames=("model",))
 def _accumulate(
     model: Any, totals: Any, params: Any, x: Any, weights: Array | None
 ) -> tuple[Any, Array]:
@@ -214,7 +215,7 @@ def _pass(
     return _fold(step, None, source, dtype, check, bar)
 
 
-@jax.jit
+@jit
 def _rank_chunk(ranking: Any, key: Array, x: Any, weights: Array, first_row: Array) -> tuple:
     ranked = rank_rows(ranking, key, num_rows(x), weights, first_row, values=x)
     return ranked, _chunk_finite(x)
@@ -245,7 +246,7 @@ def _initial_params(
         return (ranked, rows + n, weighted or weights is not None), finite
 
     ranking, rows, weighted = _fold(step, (None, 0, False), source, dtype, True, bar)
-    init = jax.jit(model.init)
+    init = jit(model.init)
     if rows <= size:
         # Every row is in the ranking, after the placeholders (row -1): the data in row order.
         order = jnp.argsort(ranking.row)[-rows:]
@@ -256,7 +257,7 @@ def _initial_params(
     return init(key_init, sample, sample_weights if weighted else None)
 
 
-@partial(jax.jit, static_argnames=("model", "max_iter"))
+@partial(jit, static_argnames=("model", "max_iter"))
 def _advance(model, params, totals, previous, iteration, tol, max_iter):
     """The M-step and the engine's stopping rule, after one pass."""
     stats, loglik, total = totals
@@ -269,7 +270,7 @@ def _advance(model, params, totals, previous, iteration, tol, max_iter):
     return kept, objective, status
 
 
-@partial(jax.jit, static_argnames=("model",))
+@partial(jit, static_argnames=("model",))
 def _final_objective(model, params, totals, status):
     _, loglik, total = totals
     objective = (loglik + jnp.asarray(model.log_prior(params), loglik.dtype)) / total
@@ -542,7 +543,12 @@ class OnlineEM:
         return OnlineState(params, state.reference, average, seen, state.count + 1), loglik / batch
 
 
-@partial(jax.jit, static_argnames=("online", "batch_size", "num_epochs"))
+# Compiled once per model and shapes, for every call (each of partial_fit's mini-batches).
+_online_update = jit(OnlineEM.update, static_argnums=0)
+_objective = jit(EM.objective, static_argnums=0)
+
+
+@partial(jit, static_argnames=("online", "batch_size", "num_epochs"))
 def _online_epochs(online, state, x, weights, key, batch_size, num_epochs):
     n = num_rows(x)
     per_epoch = n // batch_size
@@ -617,14 +623,14 @@ def fit_online(
     if isinstance(init, OnlineState):
         state = init
     else:
-        params = jax.jit(online.model.init)(init, x, weights) if is_key(init) else init
+        params = jit(online.model.init)(init, x, weights) if is_key(init) else init
         state = online.init(params)
     state, objectives = _online_epochs(online, state, x, weights, key, batch_size, num_epochs)
     algo = EM(
         online.model,
         chunk_size=chunk_size or default_chunk_size(n, chunk_width(online.model, x)),
     )
-    objective = jax.jit(EM.objective, static_argnums=0)(algo, state.params, x, weights)
+    objective = _objective(algo, state.params, x, weights)
     finite = jnp.isfinite(objective) & _all_finite(state.params)
     status = jnp.where(finite, Status.MAX_ITER, Status.NONFINITE)
     result = FitResult(

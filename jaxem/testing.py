@@ -19,6 +19,7 @@ from jaxem.core.engine import _fit_from_params, _start_from_key, em, fit, fit_re
 from jaxem.core.mixture import Mixture
 from jaxem.core.model import Components, ConjugateComponents
 from jaxem.core.mstep import ClosedForm, Gradient
+from jaxem.core.precision import full_precision, jit
 
 Array = jax.Array
 
@@ -147,9 +148,10 @@ def check_model(
 
     # jit == no jit for one step.
     start = model.init(keys[0], x, weights)
+    step = full_precision(algo.step)
     with jax.disable_jit():
-        eager, eager_objective = algo.step(start, x, weights)
-    jitted, jitted_objective = jax.jit(lambda p, x, w: algo.step(p, x, w))(start, x, weights)
+        eager, eager_objective = step(start, x, weights)
+    jitted, jitted_objective = jit(step)(start, x, weights)
     _close(eager, jitted, 1e-7 if dtype == jnp.float64 else 1e-3, tight, "jit and no-jit steps")
     _close(
         eager_objective,

@@ -24,6 +24,7 @@ from jax import lax
 from jaxem.core.engine import EM, _resolve, _start_from_key, is_key, prepare_data
 from jaxem.core.estep import reduce_chunks, total_weight
 from jaxem.core.mstep import expected_objective, init_mstep_state
+from jaxem.core.precision import jit
 from jaxem.core.subsample import sample_size
 
 Array = jax.Array
@@ -57,7 +58,7 @@ def _entropy(algo: EM, params: Any, x: Any, weights: Array | None) -> Array:
     return h / total_weight(x, weights, h.dtype)
 
 
-@partial(jax.jit, static_argnames=("algo", "num_iters"))
+@partial(jit, static_argnames=("algo", "num_iters"))
 def _trace(algo: EM, params: Any, x: Any, weights: Array | None, num_iters: int) -> BoundTrace:
     def body(carry: tuple, _: None) -> tuple[tuple, tuple]:
         params, state = carry

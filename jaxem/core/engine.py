@@ -18,6 +18,7 @@ from jaxem.core.accelerate import make_accelerator
 from jaxem.core.estep import chunk_width, default_chunk_size, num_rows, reduce_chunks, total_weight
 from jaxem.core.model import Model
 from jaxem.core.mstep import ClosedForm, MStep, apply_mstep, init_mstep_state
+from jaxem.core.precision import jit
 from jaxem.core.subsample import initial_params, sample_size
 
 Array = jax.Array
@@ -266,7 +267,7 @@ def _run(
     )
 
 
-@partial(jax.jit, static_argnames=("algo", "max_iter", "verbose"))
+@partial(jit, static_argnames=("algo", "max_iter", "verbose"))
 def _fit_from_params(algo, params, x, weights, tol, max_iter, verbose):
     return _run(algo, params, x, weights, tol, max_iter, verbose)
 
@@ -275,7 +276,7 @@ def _fit_from_params(algo, params, x, weights, tol, max_iter, verbose):
 # memory is returned to the heap between compilations, so two programs peak at the larger one's
 # (measured at (10^6, 8, 8): 175 MiB against 252 MiB for one program holding both). The sample
 # size is a static argument, so a compiled start is reused only for the same sample size.
-@partial(jax.jit, static_argnames=("model", "size"))
+@partial(jit, static_argnames=("model", "size"))
 def _start_from_key(model, key, x, weights, size):
     return initial_params(model, key, x, weights, size)
 
@@ -284,7 +285,7 @@ def _start_from_key(model, key, x, weights, size):
 INIT_BATCH_LANES = 4
 
 
-@partial(jax.jit, static_argnames=("model", "size"))
+@partial(jit, static_argnames=("model", "size"))
 def _starts_from_keys(model, keys, x, weights, size):
     # Starts in batches of lanes: each batch shares its passes over the data (half the time of one
     # lane at a time for 32 restarts at (2 10^4, 8, 8)), while the sample ranking's temporaries grow
@@ -294,7 +295,7 @@ def _starts_from_keys(model, keys, x, weights, size):
     )
 
 
-@partial(jax.jit, static_argnames=("algo", "max_iter", "verbose"))
+@partial(jit, static_argnames=("algo", "max_iter", "verbose"))
 def _fit_restarts_from_params(algo, params, x, weights, tol, max_iter, verbose):
     return jax.vmap(lambda p: _run(algo, p, x, weights, tol, max_iter, verbose))(params)
 
@@ -335,7 +336,7 @@ def check_missing(array: np.ndarray, name: str = "x", *, check_columns: bool = T
         )
 
 
-@jax.jit
+@jit
 def _all_finite_leaf(leaf: Array) -> Array:
     # The largest magnitude is finite iff every value is (max propagates NaN). A max reduction fuses
     # with abs, while XLA's CPU backend builds a boolean copy of the data for all(isfinite) at
@@ -343,7 +344,7 @@ def _all_finite_leaf(leaf: Array) -> Array:
     return jnp.isfinite(jnp.max(jnp.abs(leaf), initial=0))
 
 
-@jax.jit
+@jit
 def _weights_ok(weights: Array) -> tuple[Array, Array, Array]:
     # One fused pass, no boolean temporaries of length N: finite, non-negative, some positive.
     return jnp.isfinite(jnp.max(jnp.abs(weights))), jnp.min(weights) >= 0, jnp.max(weights) > 0

@@ -28,19 +28,20 @@ from jaxem.core.engine import (
     is_key,
     prepare_data,
 )
+from jaxem.core.precision import jit
 from jaxem.core.subsample import sample_size
 
 Array = jax.Array
 
 
-@partial(jax.jit, static_argnames=("algo", "max_iter"))
+@partial(jit, static_argnames=("algo", "max_iter"))
 def _start(
     algo: EM, params: Any, x: Any, weights: Array | None, tol: Array, max_iter: int
 ) -> FitResult:
     return jax.vmap(lambda p: _run(algo, p, x, weights, tol, max_iter, 0, pause_at=0))(params)
 
 
-@partial(jax.jit, static_argnames=("algo", "max_iter"))
+@partial(jit, static_argnames=("algo", "max_iter"))
 def _round(algo, lanes, x, weights, tol, max_iter, pause_at):
     def one(lane: FitResult) -> FitResult:
         return _run(algo, lane.params, x, weights, tol, max_iter, 0, resume=lane, pause_at=pause_at)

@@ -26,6 +26,7 @@ import numpy as np
 from jaxem import validation
 from jaxem.core.engine import Status, em, fit_restarts, prepare_data
 from jaxem.core.model import Components
+from jaxem.core.precision import jit
 from jaxem.hmm.inference import INFERENCE_METHODS, sample_states
 from jaxem.hmm.model import HiddenMarkovModel, HMMParams, Sequences, pad_sequences, unpad
 from jaxem.models.categorical import Categorical, CategoricalParams
@@ -84,17 +85,17 @@ class GaussianParts(Gaussian):
         return new
 
 
-@partial(jax.jit, static_argnames=("model",))
+@partial(jit, static_argnames=("model",))
 def _smooth(model: HiddenMarkovModel, params: HMMParams, data: Sequences):
     return model.smooth(params, data)
 
 
-@partial(jax.jit, static_argnames=("model",))
+@partial(jit, static_argnames=("model",))
 def _viterbi(model: HiddenMarkovModel, params: HMMParams, data: Sequences):
     return model.most_likely_states(params, data)
 
 
-@partial(jax.jit, static_argnames=("model", "num_samples"))
+@partial(jit, static_argnames=("model", "num_samples"))
 def _sample(
     model: HiddenMarkovModel, params: HMMParams, key: Array, num_samples: int, first_state: Any
 ):
@@ -476,7 +477,7 @@ class GaussianHMM(_BaseHMM):
         covars = validation.check_init_array(
             "covars_", self._covars_, self._covariance_shape(k, d), dtype
         )
-        return family.params_from_covariances(jnp.asarray(means), jnp.asarray(covars))
+        return jit(family.params_from_covariances)(jnp.asarray(means), jnp.asarray(covars))
 
     def _user_emissions(self, family: Gaussian, drawn: GaussianParams, dtype: np.dtype) -> Any:
         _, k, d = drawn.means.shape
@@ -491,14 +492,15 @@ class GaussianHMM(_BaseHMM):
                 validation.check_positive_definite("covars_", covars)
             else:
                 validation.check_positive("covars_", covars)
-            user = family.precision_cholesky_from_covariances(jnp.asarray(covars))
+            user = jit(family.precision_cholesky_from_covariances)(jnp.asarray(covars))
             cholesky = jnp.broadcast_to(user, cholesky.shape)
         return GaussianParams(means, cholesky)
 
     def _set_emission_attributes(self, family: Gaussian, params: GaussianParams) -> None:
         self.n_features = self.n_features_in_
         self.means_ = np.asarray(params.means)
-        self._covars_ = np.asarray(family.covariances(params))
+        # Compiled, so at full precision (eager float32 products on a GPU would be TensorFloat-32).
+        self._covars_ = np.asarray(jit(family.covariances)(params))
 
     @property
     def covars_(self) -> np.ndarray:
