@@ -66,11 +66,18 @@ def test_default_chunks_follow_the_models_intermediates():
     assert chunk_width(jaxem.Mixture(jaxem.Poisson(3)), jnp.zeros((1, 5))) == 15
     # The power of two nearest 2^19 / width, at least 256, at most N; restarts divide by the lanes
     # but keep 1024 rows for the shared products.
-    assert default_chunk_size(10**6, 168) == 4096  # 2^19 / 168 = 3121
-    assert default_chunk_size(10**6, 52) == 8192  # 10082
-    assert default_chunk_size(10**6, 52, lanes=32) == 1024
-    assert default_chunk_size(10**6, 10**6) == 256
-    assert default_chunk_size(1000, 52) == 1000
+    assert default_chunk_size(10**6, 168, platform="cpu") == 4096  # 2^19 / 168 = 3121
+    assert default_chunk_size(10**6, 52, platform="cpu") == 8192  # 10082
+    assert default_chunk_size(10**6, 52, lanes=32, platform="cpu") == 1024
+    assert default_chunk_size(10**6, 10**6, platform="cpu") == 256
+    assert default_chunk_size(1000, 52, platform="cpu") == 1000
+    # GPUs and TPUs: 2^25 elements.
+    assert default_chunk_size(10**7, 64, platform="gpu") == 524288
+    assert default_chunk_size(20000, 2048, platform="gpu") == 16384
+    assert default_chunk_size(10**7, 64, lanes=32, platform="tpu") == 16384
+    assert default_chunk_size(10**6, 64) == default_chunk_size(
+        10**6, 64, platform=jax.default_backend()
+    )
 
 
 @pytest.mark.timeout(120)

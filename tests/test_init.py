@@ -127,6 +127,7 @@ def test_gaussian_init_is_chunk_size_invariant(init_method, monkeypatch):
     family = jaxem.Gaussian(4, init_method=init_method)
     whole = family.init(jax.random.key(0), x, weights)
     monkeypatch.setattr(estep, "DEFAULT_CHUNK_ELEMENTS", 64)
+    monkeypatch.setattr(estep, "ACCELERATOR_CHUNK_ELEMENTS", 64)
     assert estep.default_chunk_size(1000, 8) == 256
     chunked = family.init(jax.random.key(0), x, weights)
     for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(whole), strict=True):
