@@ -19,7 +19,7 @@ from jaxem.core.engine import _fit_from_params, _start_from_key, em, fit, fit_re
 from jaxem.core.mixture import Mixture
 from jaxem.core.model import Components, ConjugateComponents
 from jaxem.core.mstep import ClosedForm, Gradient
-from jaxem.core.precision import full_precision, jit
+from jaxem.core.precision import full_precision
 
 Array = jax.Array
 
@@ -151,7 +151,7 @@ def check_model(
     step = full_precision(algo.step)
     with jax.disable_jit():
         eager, eager_objective = step(start, x, weights)
-    jitted, jitted_objective = jit(step)(start, x, weights)
+    jitted, jitted_objective = jax.jit(step)(start, x, weights)
     _close(eager, jitted, 1e-7 if dtype == jnp.float64 else 1e-3, tight, "jit and no-jit steps")
     _close(
         eager_objective,
