@@ -1,5 +1,6 @@
 """Test configuration: float64 available (tests pass float32 data explicitly where they need it)."""
 
+import gc
 import os
 
 # Tests are dominated by XLA compile time on CPU; LLVM's optimisation passes are most of it and
@@ -7,5 +8,19 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import jax
+import pytest
 
 jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop every compiled program after each test file.
+
+    A test worker runs many files in one process; without this its memory grows with every
+    program the suite compiles (5.4 GB in a worker three quarters of the way through), and XLA:CPU
+    has aborted inside a compilation late in such a long-lived worker.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
