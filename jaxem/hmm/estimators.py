@@ -85,6 +85,15 @@ class GaussianParts(Gaussian):
         return new
 
 
+# Compiled once per family and shapes (and so at full precision: eager float32 products on a GPU
+# would be TensorFloat-32). GaussianParts keeps these methods of Gaussian as they are.
+_params_from_covariances = jit(Gaussian.params_from_covariances, static_argnums=0)
+_precision_cholesky_from_covariances = jit(
+    Gaussian.precision_cholesky_from_covariances, static_argnums=0
+)
+_covariances = jit(Gaussian.covariances, static_argnums=0)
+
+
 @partial(jit, static_argnames=("model",))
 def _smooth(model: HiddenMarkovModel, params: HMMParams, data: Sequences):
     return model.smooth(params, data)
@@ -477,7 +486,7 @@ class GaussianHMM(_BaseHMM):
         covars = validation.check_init_array(
             "covars_", self._covars_, self._covariance_shape(k, d), dtype
         )
-        return jit(family.params_from_covariances)(jnp.asarray(means), jnp.asarray(covars))
+        return _params_from_covariances(family, jnp.asarray(means), jnp.asarray(covars))
 
     def _user_emissions(self, family: Gaussian, drawn: GaussianParams, dtype: np.dtype) -> Any:
         _, k, d = drawn.means.shape
@@ -492,15 +501,14 @@ class GaussianHMM(_BaseHMM):
                 validation.check_positive_definite("covars_", covars)
             else:
                 validation.check_positive("covars_", covars)
-            user = jit(family.precision_cholesky_from_covariances)(jnp.asarray(covars))
+            user = _precision_cholesky_from_covariances(family, jnp.asarray(covars))
             cholesky = jnp.broadcast_to(user, cholesky.shape)
         return GaussianParams(means, cholesky)
 
     def _set_emission_attributes(self, family: Gaussian, params: GaussianParams) -> None:
         self.n_features = self.n_features_in_
         self.means_ = np.asarray(params.means)
-        # Compiled, so at full precision (eager float32 products on a GPU would be TensorFloat-32).
-        self._covars_ = np.asarray(jit(family.covariances)(params))
+        self._covars_ = np.asarray(_covariances(family, params))
 
     @property
     def covars_(self) -> np.ndarray:
