@@ -60,6 +60,29 @@ def test_gaussian_hmm_equals_hmmlearn_including_frozen_parts(params):
 
 
 @pytest.mark.timeout(120)
+def test_scaled_inference_equals_hmmlearn_scaling():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(100, 2)) + np.repeat(rng.normal(size=(2, 2)) * 3, LENGTHS, axis=0)
+    start = {**chain(rng, 3), "means_": rng.normal(size=(3, 2)), "covars_": np.full((3, 2), 1.5)}
+    ref = hmmlearn.GaussianHMM(
+        3, "diag", covars_prior=0.0, init_params="", n_iter=6, tol=-np.inf, implementation="scaling"
+    )
+    ours = GaussianHMM(
+        3, "diag", min_covar=0.0, init_params="", n_iter=6, tol=0, inference="scaled"
+    )
+    set_start([ref, ours], start)
+    ref.fit(x, LENGTHS)
+    fit_quietly(ours, x, LENGTHS)
+    assert ours.model_.inference == "scaled"
+    np.testing.assert_allclose(ours.monitor_.history, ref.monitor_.history, rtol=1e-10)
+    np.testing.assert_allclose(ours.means_, ref.means_, atol=1e-8)
+    np.testing.assert_allclose(ours.transmat_, ref.transmat_, atol=1e-8)
+    np.testing.assert_allclose(
+        ours.predict_proba(x, LENGTHS), ref.predict_proba(x, LENGTHS), atol=1e-8
+    )
+
+
+@pytest.mark.timeout(120)
 def test_frozen_means_keep_em_monotone():
     # hmmlearn 0.3.3 with params="stc" lets its log-likelihood fall, so it is no reference here:
     # with the means fixed, the covariances about them are the exact conditional maximiser.

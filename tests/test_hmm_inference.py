@@ -1,4 +1,5 @@
-"""Forward-backward (sequential and parallel scan), Viterbi and state sampling in one chain."""
+"""Forward-backward (sequential, parallel and scaled scans), Viterbi and state sampling in one
+chain."""
 
 import itertools
 
@@ -14,6 +15,7 @@ from jaxem.hmm.inference import sample_states
 # Jitted once per shape: eager associative scans dispatch thousands of small operations.
 forward_backward = jax.jit(inference.forward_backward, static_argnames="method")
 viterbi = jax.jit(inference.viterbi)
+METHODS = ["sequential", "parallel", "scaled"]
 
 
 def random_chain(seed, num_states, num_steps, scale=2.0):
@@ -35,7 +37,7 @@ def enumerate_paths(log_initial, log_transition, log_emission):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("method", ["sequential", "parallel"])
+@pytest.mark.parametrize("method", METHODS)
 def test_forward_backward_matches_enumeration(method):
     log_initial, log_transition, log_emission = random_chain(0, 3, 6)
     paths, joint = enumerate_paths(log_initial, log_transition, log_emission)
@@ -66,7 +68,25 @@ def test_parallel_scan_agrees_with_sequential_on_long_sequence():
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("method", ["sequential", "parallel"])
+def test_scaled_scan_agrees_with_log_space_on_long_peaked_sequence():
+    # Emissions 8 nats apart on average and a left-to-right chain with zero transitions: the scaled
+    # products meet exp(-inf) = 0 and log(0) = -inf, and messages dominated by one state.
+    log_initial, log_transition, log_emission = random_chain(7, 4, 3_000, scale=8.0)
+    log_transition[np.tril_indices(4, -1)] = -np.inf
+    log_transition[3, 0] = np.log(0.05)  # back to the start, so every state stays reachable
+    log_transition -= logsumexp(log_transition, axis=1, keepdims=True)
+    args = (jnp.asarray(log_initial), jnp.asarray(log_transition), jnp.asarray(log_emission))
+    seq = forward_backward(*args, 3_000, "sequential")
+    scaled = forward_backward(*args, 3_000, "scaled")
+    assert np.isfinite(float(seq.log_likelihood))
+    np.testing.assert_allclose(scaled.log_likelihood, seq.log_likelihood, rtol=1e-12)
+    np.testing.assert_allclose(scaled.posteriors, seq.posteriors, atol=1e-10)
+    np.testing.assert_allclose(scaled.transition_counts, seq.transition_counts, atol=1e-8)
+    assert float(scaled.transition_counts[1, 0]) == 0.0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", METHODS)
 def test_padding_changes_nothing(method):
     log_initial, log_transition, log_emission = random_chain(2, 3, 20)
     # Padding rows hold garbage, including non-finite densities; they must be ignored.
@@ -86,7 +106,7 @@ def test_padding_changes_nothing(method):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("method", ["sequential", "parallel"])
+@pytest.mark.parametrize("method", METHODS)
 def test_empty_sequence_contributes_nothing(method):
     log_initial, log_transition, log_emission = random_chain(3, 2, 4)
     out = forward_backward(log_initial, log_transition, jnp.asarray(log_emission), 0, method)
@@ -109,7 +129,7 @@ def test_float32_long_sequence_keeps_precision():
     log_initial, log_transition, log_emission = random_chain(5, 3, 2_000)
     ref = forward_backward(log_initial, log_transition, jnp.asarray(log_emission), 2_000)
     args32 = [jnp.asarray(a, jnp.float32) for a in (log_initial, log_transition, log_emission)]
-    for method in ("sequential", "parallel"):
+    for method in METHODS:
         out = forward_backward(*args32, 2_000, method)
         assert out.posteriors.dtype == jnp.float32
         np.testing.assert_allclose(out.posteriors, ref.posteriors, atol=1e-4)

@@ -149,15 +149,17 @@ def test_restart_lane_equals_single_fit():
 
 
 @pytest.mark.timeout(120)
-def test_chunked_equals_whole_and_parallel_equals_sequential():
+def test_chunked_equals_whole_and_parallel_and_scaled_equal_sequential():
     _, data = gaussian_data(4)
     model = HiddenMarkovModel(jaxem.Gaussian(K, "full"))
     params = jax.jit(model.init)(jax.random.key(0), data, None)
     whole = jax.jit(jaxem.em(model).step)(params, data, None)
     chunked = jax.jit(jaxem.em(model, chunk_size=2).step)(params, data, None)
-    parallel_model = HiddenMarkovModel(jaxem.Gaussian(K, "full"), inference="parallel")
-    parallel = jax.jit(jaxem.em(parallel_model).step)(params, data, None)
-    for other in (chunked, parallel):
+    others = [chunked]
+    for inference in ("parallel", "scaled"):
+        other_model = HiddenMarkovModel(jaxem.Gaussian(K, "full"), inference=inference)
+        others.append(jax.jit(jaxem.em(other_model).step)(params, data, None))
+    for other in others:
         np.testing.assert_allclose(other[1], whole[1], rtol=1e-12)
         for a, b in zip(jax.tree.leaves(other[0]), jax.tree.leaves(whole[0]), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)

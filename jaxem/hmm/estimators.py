@@ -412,7 +412,8 @@ class GaussianHMM(_BaseHMM):
             ``c`` covariances.
         init_params: letters of the parameters initialised at ``fit``; the others keep the values
             set by hand.
-        inference: ``"sequential"`` or ``"parallel"`` (associative scan) forward-backward.
+        inference: ``"sequential"``, ``"parallel"`` (associative scan) or ``"scaled"``
+            (hmmlearn's "scaling") forward-backward; see :class:`jaxem.hmm.HiddenMarkovModel`.
         n_init: restarts, run in parallel; the best is kept.
         chunk_size: sequences per E-step chunk (None: chosen from the sizes).
 

@@ -3,19 +3,28 @@
 Every function takes one sequence of ``T`` steps (padded to any ``T``) and its ``length``; steps at
 or beyond ``length`` are padding and change nothing. Callers vmap over sequences.
 
-Forward-backward comes in two forms that give the same answer:
+Forward-backward comes in three forms:
 
-- ``"sequential"``: ``lax.scan`` over time, O(T) depth, O(T K^2) work.
+- ``"sequential"``: ``lax.scan`` over time, O(T) depth, O(T K^2) work, each step a log-semiring
+  matrix-vector product (K^2 exponentials).
 - ``"parallel"``: ``lax.associative_scan`` over the log-semiring matrix products of the chain,
   O(log T) depth and O(T K^3) work, for long sequences on accelerators.
+- ``"scaled"``: ``lax.scan`` whose steps are ordinary matrix-vector products with the transition
+  probabilities, the messages rescaled at every step (hmmlearn's "scaling"). On CPU it runs a batch
+  of sequences faster (100 sequences x 1000 steps, K = 8: both scans in 30 ms against 51 ms) and
+  one long sequence no faster. Exact as long as no state's share of a step's message falls below
+  the dtype's smallest positive number (about e^-745 in float64, e^-103 in float32); a state
+  below it counts as impossible at that step.
 
-Both carry *normalised* log-messages (filtered forward probabilities, backward messages scaled to
+All carry *normalised* log-messages (filtered forward probabilities, backward messages scaled to
 log-sum 0) plus separate log-normalisers, so the messages stay O(1) whatever ``T`` is and float32
-keeps its precision on long sequences; the log-likelihood is the sum of the normalisers.
+keeps its precision on long sequences; the log-likelihood is the sum of the normalisers. The first
+two give the same answer up to rounding, the third too within the range above.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -25,7 +34,7 @@ from jax.nn import logsumexp
 
 Array = jax.Array
 
-INFERENCE_METHODS = ("sequential", "parallel")
+INFERENCE_METHODS = ("sequential", "parallel", "scaled")
 
 
 class Smoothed(NamedTuple):
@@ -62,13 +71,23 @@ def _masked_emissions(log_emission: Array, valid: Array) -> Array:
 def _filter_sequential(
     log_initial: Array, log_transition: Array, log_emission: Array, valid: Array
 ) -> tuple[Array, Array]:
+    def predict(alpha: Array) -> Array:
+        return logsumexp(alpha[:, None] + log_transition, axis=0)
+
+    return _filter_scan(predict, log_initial, log_emission, valid)
+
+
+def _filter_scan(
+    predict: Callable[[Array], Array], log_initial: Array, log_emission: Array, valid: Array
+) -> tuple[Array, Array]:
+    """Normalised forward log-messages and the log-likelihood, ``predict(alpha)`` giving the
+    log-probabilities of the next state from the normalised ``alpha``."""
     first, first_norm = _normalize(log_initial + log_emission[0])
     first_norm = jnp.where(valid[0], first_norm, 0)
 
     def step(alpha: Array, inputs: tuple[Array, Array]) -> tuple[Array, tuple[Array, Array]]:
         log_em, is_valid = inputs
-        predicted = logsumexp(alpha[:, None] + log_transition, axis=0)
-        new, norm = _normalize(predicted + log_em)
+        new, norm = _normalize(predict(alpha) + log_em)
         alpha = jnp.where(is_valid, new, alpha)
         return alpha, (alpha, jnp.where(is_valid, norm, 0))
 
@@ -78,17 +97,51 @@ def _filter_sequential(
 
 
 def _backward_sequential(log_transition: Array, log_emission: Array, valid: Array) -> Array:
-    k = log_transition.shape[0]
+    def message(beta_next: Array, log_em_next: Array) -> Array:
+        return logsumexp(log_transition + (log_em_next + beta_next)[None, :], axis=1)
+
+    return _backward_scan(message, log_transition.shape[0], log_emission, valid)
+
+
+def _backward_scan(
+    message: Callable[[Array, Array], Array], num_states: int, log_emission: Array, valid: Array
+) -> Array:
+    """Normalised backward log-messages, ``message(beta_next, log_em_next)`` giving each
+    unnormalised one."""
 
     def step(beta_next: Array, inputs: tuple[Array, Array]) -> tuple[Array, Array]:
         log_em_next, next_valid = inputs
-        beta, _ = _normalize(logsumexp(log_transition + (log_em_next + beta_next)[None, :], axis=1))
+        beta, _ = _normalize(message(beta_next, log_em_next))
         beta = jnp.where(next_valid, beta, 0)
         return beta, beta
 
-    last = jnp.zeros((k,), log_emission.dtype)
+    last = jnp.zeros((num_states,), log_emission.dtype)
     _, betas = lax.scan(step, last, (log_emission[1:], valid[1:]), reverse=True)
     return jnp.concatenate([betas, last[None]])
+
+
+def _filter_scaled(
+    log_initial: Array, log_transition: Array, log_emission: Array, valid: Array
+) -> tuple[Array, Array]:
+    transition = jnp.exp(log_transition)
+
+    def predict(alpha: Array) -> Array:
+        # alpha is normalised (its largest probability at least 1 / K): exp cannot overflow.
+        return jnp.log(jnp.exp(alpha) @ transition)
+
+    return _filter_scan(predict, log_initial, log_emission, valid)
+
+
+def _backward_scaled(log_transition: Array, log_emission: Array, valid: Array) -> Array:
+    transition = jnp.exp(log_transition)
+
+    def message(beta_next: Array, log_em_next: Array) -> Array:
+        scores = log_em_next + beta_next
+        top = jnp.max(scores)
+        top = jnp.where(jnp.isfinite(top), top, 0)
+        return jnp.log(transition @ jnp.exp(scores - top)) + top
+
+    return _backward_scan(message, log_transition.shape[0], log_emission, valid)
 
 
 def _log_matmul(a: Array, b: Array) -> Array:
@@ -158,7 +211,8 @@ def forward_backward(
         log_transition: log transition matrix, ``[K, K]`` (row: from, column: to).
         log_emission: ``log p(x_t | z_t = k)``, shape ``[T, K]``.
         length: number of real steps; later steps are padding.
-        method: ``"sequential"`` (``lax.scan``) or ``"parallel"`` (``lax.associative_scan``).
+        method: ``"sequential"`` (``lax.scan``), ``"parallel"`` (``lax.associative_scan``) or
+            ``"scaled"`` (``lax.scan`` of probability products; see the module's notes).
 
     Example:
         >>> import jax.numpy as jnp
@@ -172,16 +226,13 @@ def forward_backward(
         raise ValueError(f"Unknown inference method {method!r}: use one of {INFERENCE_METHODS}.")
     valid = _valid_steps(log_emission.shape[0], length)
     log_emission = _masked_emissions(log_emission, valid)
-    if method == "sequential":
-        log_alpha, log_likelihood = _filter_sequential(
-            log_initial, log_transition, log_emission, valid
-        )
-        log_beta = _backward_sequential(log_transition, log_emission, valid)
-    else:
-        log_alpha, log_likelihood = _filter_parallel(
-            log_initial, log_transition, log_emission, valid
-        )
-        log_beta = _backward_parallel(log_transition, log_emission, valid)
+    filter_fn, backward_fn = {
+        "sequential": (_filter_sequential, _backward_sequential),
+        "parallel": (_filter_parallel, _backward_parallel),
+        "scaled": (_filter_scaled, _backward_scaled),
+    }[method]
+    log_alpha, log_likelihood = filter_fn(log_initial, log_transition, log_emission, valid)
+    log_beta = backward_fn(log_transition, log_emission, valid)
     log_gamma, _ = _normalize(log_alpha + log_beta)
     posteriors = jnp.where(valid[:, None], jnp.exp(log_gamma), 0)
     # p(z_{t-1}=i, z_t=j | x) is proportional to alpha_{t-1}(i) A_ij e_t(j) beta_t(j).

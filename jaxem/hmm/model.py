@@ -169,8 +169,12 @@ class HiddenMarkovModel:
             row (a sticky HMM; 0: none).
         update: the parts the M-step re-estimates: ``"s"`` initial, ``"t"`` transition,
             ``"e"`` emissions; leave a letter out to keep that part as initialised.
-        inference: ``"sequential"`` (``lax.scan``) or ``"parallel"`` (``lax.associative_scan``,
-            O(log T) depth: for long sequences on accelerators).
+        inference: ``"sequential"`` (``lax.scan`` in log space), ``"parallel"``
+            (``lax.associative_scan``, O(log T) depth: for long sequences on accelerators) or
+            ``"scaled"`` (``lax.scan`` of probability products rescaled at every step, like
+            hmmlearn's "scaling": faster on CPUs for batches of sequences; a state whose share of a
+            step's message falls below the dtype's smallest number, about e^-745 in float64 and
+            e^-103 in float32, counts as impossible there).
 
     The defaults fit plain maximum likelihood.
 
