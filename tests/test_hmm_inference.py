@@ -69,7 +69,7 @@ def test_parallel_scan_agrees_with_sequential_on_long_sequence():
 
 @pytest.mark.timeout(60)
 def test_scaled_scan_agrees_with_log_space_on_long_peaked_sequence():
-    # Emissions 8 nats apart on average and a left-to-right chain with zero transitions: the scaled
+    # Emissions with a spread of 8 nats and a left-to-right chain with zero transitions: the scaled
     # products meet exp(-inf) = 0 and log(0) = -inf, and messages dominated by one state.
     log_initial, log_transition, log_emission = random_chain(7, 4, 3_000, scale=8.0)
     log_transition[np.tril_indices(4, -1)] = -np.inf
