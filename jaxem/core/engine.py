@@ -204,6 +204,9 @@ def _run(
     result, with ``params`` its parameters) goes on from it as if it had never stopped (the state of
     an accelerator or a stateful M-step starts afresh)."""
     dtype = jax.tree.leaves(x)[0].dtype
+    prepare = getattr(algo.model, "prepare_rows", None)
+    if prepare is not None:  # data-only work, once per fit (see jaxem.core.model)
+        x = prepare(x)
     history = jnp.full((max(max_iter, 1),), jnp.nan, dtype)
     init = _LoopState(
         params, jnp.array(0), jnp.array(-jnp.inf, dtype), jnp.array(Status.RUNNING), history

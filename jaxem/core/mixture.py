@@ -99,6 +99,11 @@ class Mixture:
         """Log-responsibilities ``[C, K]`` and per-point log-likelihoods ``[C]`` of a chunk."""
         return normalize_log(self.log_joint(params, x))
 
+    def prepare_rows(self, x: Any) -> Any:
+        """The components' data-only work, done once per fit (see :mod:`jaxem.core.model`)."""
+        prepare = getattr(self.components, "prepare_rows", None)
+        return x if prepare is None else prepare(x)
+
     def e_step(
         self,
         params: MixtureParams,

@@ -9,6 +9,11 @@ component densities implements; :class:`jaxem.core.mixture.Mixture` turns them i
 Parameters, statistics and data are pytrees. ``x`` is an array, or a pytree of arrays, whose leaves
 share a leading data axis; ``weights`` is ``None`` (every point counts once) or an array of
 non-negative per-point weights along that axis.
+
+A model (or a component family, which :class:`~jaxem.core.mixture.Mixture` asks) may also define
+``prepare_rows(x)``: work on the data alone that a fit does once, before its loop, instead of on
+every chunk at every iteration. It returns a pytree with the same rows, and during the fit the
+model's E-step and M-step receive chunks of it in place of chunks of ``x``.
 """
 
 from __future__ import annotations

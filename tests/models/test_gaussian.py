@@ -11,6 +11,7 @@ from sklearn.datasets import load_iris
 from sklearn.mixture import GaussianMixture
 
 import jaxem
+from jaxem.models import gaussian
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 OLD_FAITHFUL = Path(jaxem.__file__).parent / "datasets" / "old_faithful.csv"
@@ -294,6 +295,72 @@ def test_float32_diagonal_expansion_far_from_origin(covariance_type):
     )
     np.testing.assert_allclose(r32.params.weights, r64.params.weights, atol=1e-5)
     np.testing.assert_allclose(family.covariances(r64.params.components), 1.0, atol=0.05)
+
+
+# ---- features computed once per fit --------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_prepare_rows_only_where_features_pay_and_fit(monkeypatch):
+    x64 = jnp.ones((1000, 4))
+    prepared = jaxem.Gaussian(3).prepare_rows(x64)
+    assert isinstance(prepared, gaussian.ExpandedRows)
+    assert prepared.features.shape == (1000, 4 * 5 // 2 + 4)
+    np.testing.assert_array_equal(prepared.shift, 1.0)
+    for family, x in [
+        (jaxem.Gaussian(3), x64.astype(jnp.float32)),  # float32 keeps the difference form
+        (jaxem.Gaussian(3, "tied"), x64),
+        (jaxem.Gaussian(3, "diag"), x64),
+    ]:
+        assert family.prepare_rows(x) is x
+    monkeypatch.setattr(gaussian, "PREPARED_ELEMENTS", 1000 * 14 - 1)
+    assert jaxem.Gaussian(3).prepare_rows(x64) is x64
+
+
+@pytest.mark.timeout(180)
+def test_fit_with_features_computed_once_equals_fit_building_them_per_chunk(monkeypatch):
+    """Float64 full covariance: a fit within the budget builds the quadratic features once (counted
+    while tracing), about the data's mean; with the budget at 0 it builds them in every chunk,
+    about the chunk's mean. Same fit, whole or chunked, with and without weights."""
+    x = blobs(6, 600, np.array([[0.0, 0.0, 0.0], [4.0, 1.0, -2.0], [-3.0, 5.0, 1.0]]))
+    weights = np.random.default_rng(6).uniform(0.0, 2.0, 600)
+    family = jaxem.Gaussian(3)
+    start = jaxem.MixtureParams(
+        jnp.full(3, 1 / 3),
+        family.params_from_covariances(
+            jnp.asarray(x[:3] + 0.5), jnp.asarray(identity_precisions("full", 3, 3, 2.0))
+        ),
+    )
+    built = []
+    features = gaussian._features
+    monkeypatch.setattr(
+        gaussian,
+        "_features",
+        lambda moved, full: built.append(moved.shape) or features(moved, full),
+    )
+    fits = {}
+    for budget in (gaussian.PREPARED_ELEMENTS, 0):
+        monkeypatch.setattr(gaussian, "PREPARED_ELEMENTS", budget)
+        jax.clear_caches()  # the budget is read while tracing
+        for chunk_size in (None, 64):
+            for w in (None, weights):
+                built.clear()
+                algo = jaxem.em(jaxem.Mixture(family), chunk_size=chunk_size)
+                fit = jaxem.fit(algo, start, x, w, max_iter=15, tol=0.0)
+                fits[budget, chunk_size, w is None] = fit
+                if budget:
+                    assert built == [(600, 3)]  # once, for all rows, before the loop
+                else:  # traced in the E-step and the statistics of each chunk shape
+                    assert len(built) >= 2
+                    assert set(built) == ({(600, 3)} if chunk_size is None else {(64, 3), (24, 3)})
+    for (budget, chunk_size, plain), fit in fits.items():
+        if budget:
+            other = fits[0, chunk_size, plain]
+            np.testing.assert_allclose(fit.history, other.history, rtol=1e-13)
+            for a, b in zip(
+                jax.tree.leaves(fit.params), jax.tree.leaves(other.params), strict=True
+            ):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 # ---- degeneracy ----------------------------------------------------------------------------------
