@@ -101,7 +101,7 @@ class Mixture:
 
     def prepare_rows(self, x: Any) -> Any:
         """The components' data-only work, done once per fit (see :mod:`jaxem.core.model`)."""
-        prepare = getattr(self.components, "prepare_rows", None)
+        prepare = getattr(self.components, "prepare_rows", None)  # families not built on Components
         return x if prepare is None else prepare(x)
 
     def e_step(

@@ -73,6 +73,12 @@ class Components:
         del params
         return jnp.zeros(())
 
+    def prepare_rows(self, x: Data) -> Data:
+        """Data-only work a fit does once, before its loop (see the module's notes): none here.
+        Defined on the base class so that a wrapper family that forwards unknown attributes to the
+        family it wraps does not hand on the wrapped family's prepared rows."""
+        return x
+
     def constraints(self) -> Any:
         """Where the parameters live, for the gradient M-step: a prefix pytree of
         :mod:`jaxem.core.constraints` objects (``None``: every leaf unconstrained)."""

@@ -241,19 +241,26 @@ class Gaussian(ConjugateComponents):
             return jnp.sum(jnp.log(u), axis=-1)
         return d * jnp.log(u)
 
+    def _chunk_terms(self, x: Array | ExpandedRows) -> tuple[Array, Array | None, Array | None]:
+        """``(shift, x - shift, features)`` of a chunk: the features where the quadratic forms are
+        expanded (else ``None``); prepared rows bring their shift and features, and no
+        differences."""
+        if isinstance(x, ExpandedRows):
+            return x.shift[0], None, x.features
+        shift = _chunk_shift(x)
+        moved = x - shift
+        if not self._expanded(x.dtype):
+            return shift, moved, None
+        return shift, moved, _features(moved, full=self._full_features)
+
     def log_prob_chunk(self, params: GaussianParams, x: Array | ExpandedRows) -> Array:
         d = params.means.shape[-1]
         log_det = self.log_det_precision_cholesky(params)
         constant = log_det - 0.5 * d * math.log(2 * math.pi)
-        if isinstance(x, ExpandedRows):
-            shift, features = x.shift[0], x.features
-        else:
-            shift = _chunk_shift(x)
-            moved = x - shift
-            if not self._expanded(x.dtype):
-                y = self._whitened(params, moved, shift)
-                return constant - 0.5 * jnp.sum(y * y, axis=-1)
-            features = _features(moved, self._full_features)
+        shift, moved, features = self._chunk_terms(x)
+        if features is None:
+            y = self._whitened(params, moved, shift)
+            return constant - 0.5 * jnp.sum(y * y, axis=-1)
         # -|x - mu|^2_P / 2 = phi(x - s) . w_k + c_k: one [C, F] x [F, K] product.
         coefficients, offset = self._expansion_coefficients(params, shift)
         return features @ coefficients.T + (constant + offset)
@@ -294,14 +301,7 @@ class Gaussian(ConjugateComponents):
     ) -> GaussianStats:
         k, d = params.means.shape
         counts = jnp.sum(resp, axis=0)
-        if isinstance(x, ExpandedRows):
-            shift, features = x.shift[0], x.features
-        else:
-            shift = _chunk_shift(x)
-            moved = x - shift
-            features = None
-            if self._expanded(x.dtype):
-                features = _features(moved, full=self._full_features)
+        shift, moved, features = self._chunk_terms(x)
         centred = params.means - shift
         if features is not None:
             # Moments about the shift as one [K, C] x [C, F] product with the shared features, then

@@ -313,6 +313,9 @@ def test_prepare_rows_only_where_features_pay_and_fit(monkeypatch):
         (jaxem.Gaussian(3, "diag"), x64),
     ]:
         assert family.prepare_rows(x) is x
+    # Wrappers that read the data their own way keep it as it is (they forward other attributes).
+    for wrapper in (jaxem.MissingValues, jaxem.Labelled):
+        assert jaxem.Mixture(wrapper(jaxem.Gaussian(3))).prepare_rows(x64) is x64
     monkeypatch.setattr(gaussian, "PREPARED_ELEMENTS", 1000 * 14 - 1)
     assert jaxem.Gaussian(3).prepare_rows(x64) is x64
 
