@@ -9,7 +9,9 @@ Statistics are accumulated about the previous means, per component, (``sum r (x 
 with ``c`` the old mean) and corrected in the M-step, so float32 keeps its precision on data far
 from the origin. Every product with the data is taken about the chunk's own mean, which depends on
 no parameter: the second moment of a chunk is one matrix product, and under ``vmap`` over restarts
-the data stay an unbatched operand, so all lanes share one large product.
+the data stay an unbatched operand, so all lanes share one large product. Where float64 full
+covariances fit ``PREPARED_ELEMENTS``, a fit computes the features once, about the data's mean
+(:meth:`Gaussian.prepare_rows`).
 """
 
 from __future__ import annotations
