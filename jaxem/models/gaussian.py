@@ -63,13 +63,12 @@ class GaussianStats(NamedTuple):
 
 
 class ExpandedRows(NamedTuple):
-    """Data with its quadratic features computed once (see :meth:`Gaussian.prepare_rows`).
+    """Data as its quadratic features, computed once (see :meth:`Gaussian.prepare_rows`).
 
-    ``shift`` repeats, on every row, the point the features are taken about, so that the rows of
-    all three fields are sliced into chunks together.
+    ``shift`` repeats, on every row, the point the features are taken about, so that both fields
+    are sliced into chunks together.
     """
 
-    x: Array
     features: Array
     shift: Array
 
@@ -212,7 +211,7 @@ class Gaussian(ConjugateComponents):
         return (d * (d + 1) // 2 + d if self._full_features else 2 * d) + k
 
     def prepare_rows(self, x: Array) -> Array | ExpandedRows:
-        """The data a fit iterates over: ``x`` with its quadratic features about its mean, computed
+        """The data a fit iterates over: the quadratic features of ``x`` about its mean, computed
         once, where float64 full covariances expand them and they fit ``PREPARED_ELEMENTS``;
         otherwise ``x`` itself (the features are then built chunk by chunk).
 
@@ -229,7 +228,7 @@ class Gaussian(ConjugateComponents):
             return x
         shift = _chunk_shift(x)
         features = _features(x - shift, full=True)
-        return ExpandedRows(x, features, jnp.broadcast_to(shift, x.shape))
+        return ExpandedRows(features, jnp.broadcast_to(shift, x.shape))
 
     def log_det_precision_cholesky(self, params: GaussianParams) -> Array:
         """``log det U_k`` per component, shape ``[K]``."""
