@@ -6,7 +6,10 @@ from jaxem.core import (
     ClosedForm,
     Components,
     ConjugateComponents,
-    FitResult,
+    ConvergenceWarning,
+    EMInfo,
+    EMKernel,
+    EMState,
     Gradient,
     Mixture,
     MixtureParams,
@@ -18,12 +21,11 @@ from jaxem.core import (
     Status,
     constraints,
     em,
-    fit,
-    fit_restarts,
+    squarem,
 )
-from jaxem.core.bound import BoundTrace, trace_bound
-from jaxem.core.engine import ConvergenceWarning
-from jaxem.core.prune import fit_restarts_pruned
+from jaxem.drivers.bound import BoundTrace, trace_bound
+from jaxem.drivers.fit import FitResult, fit, fit_restarts
+from jaxem.drivers.prune import fit_restarts_pruned
 from jaxem.hmm import HiddenMarkovModel, HMMParams, Sequences, pad_sequences
 from jaxem.labels import Labelled
 from jaxem.missing import MissingValues
@@ -63,6 +65,9 @@ __all__ = [
     "Components",
     "ConjugateComponents",
     "ConvergenceWarning",
+    "EMInfo",
+    "EMKernel",
+    "EMState",
     "Exponential",
     "FitResult",
     "Gradient",
@@ -109,6 +114,7 @@ __all__ = [
     "io",
     "parallel",
     "select",
+    "squarem",
     "streaming",
     "trace_bound",
 ]

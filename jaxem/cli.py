@@ -348,7 +348,7 @@ def _save_model(path: Path, selection: Any, names: Sequence[str]) -> str:
 
 def _load_model(path: str) -> tuple[Any, Any]:
     from jaxem import io
-    from jaxem.core.engine import FitResult
+    from jaxem.drivers.fit import FitResult
 
     if not Path(path).is_file():
         raise UsageError(f"model file {path!r} does not exist.")

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxem.core.estep import reduce_chunks
+from jaxem.core.rows import reduce_chunks
 
 Array = jax.Array
 

@@ -7,7 +7,7 @@ ever instantiates classes from a registry (jaxem's own models, parameter tuples 
 whatever :func:`register` adds), so an untrusted file cannot run code. Arrays come back with their
 dtype and bits, so predictions after a round trip are identical.
 
-Two kinds of file:
+Three kinds of file:
 
 * ``save(path, model, params)``: a model configuration (a frozen dataclass such as
   ``jaxem.Mixture(jaxem.Gaussian(3))``) and its parameters or a whole :class:`jaxem.FitResult`;
@@ -15,6 +15,10 @@ Two kinds of file:
 * ``save(path, estimator)``: a fitted estimator (``jaxem.GaussianMixture`` and friends): its
   constructor parameters and fitted attributes; ``load(path)`` returns an equal estimator
   (``GaussianMixture.load(path)`` also checks the class).
+* ``save_checkpoint(path, state, history)``: the state of an EM kernel (parameters, stopping rule,
+  an M-step's optimizer memory, an accelerator's cycle) and the log-likelihood history so far;
+  ``load_checkpoint(path, like)`` reads it back into the structure of ``like``. Out-of-core fits
+  write one after every pass and resume from it.
 """
 
 from __future__ import annotations
@@ -33,13 +37,16 @@ import numpy as np
 
 FORMAT_VERSION = 1
 METADATA_KEY = "__jaxem__"
-KINDS = ("result", "estimator")
+KINDS = ("result", "estimator", "checkpoint")
 
 _REGISTRY: dict[str, type] = {}
 # Modules whose dataclasses, NamedTuples and estimators are registered on first use.
 _BUILTIN_MODULES = (
     "jaxem.core.mixture",
-    "jaxem.core.engine",
+    "jaxem.core.kernel",
+    "jaxem.core.online",
+    "jaxem.drivers.fit",
+    "jaxem.drivers.bound",
     "jaxem.core.mstep",
     "jaxem.core.accelerate",
     "jaxem.models",
@@ -331,6 +338,80 @@ def save(path: str | os.PathLike, obj: Any, params: Any = None) -> None:
     _write(path, metadata, encode.arrays)
 
 
+class Checkpoint(NamedTuple):
+    """What :func:`load_checkpoint` returns.
+
+    Attributes:
+        state: the kernel's state (a :class:`jaxem.core.kernel.EMState`).
+        history: the total log-likelihood before each iteration's M-step, one entry per step done.
+    """
+
+    state: Any
+    history: np.ndarray
+
+
+def save_checkpoint(path: str | os.PathLike, state: Any, history: Any) -> None:
+    """Write a kernel's ``state`` and the ``history`` so far to ``path``, atomically.
+
+    Every leaf of the state is stored as an array, its structure as text (checked on loading).
+
+    Example:
+        >>> import jax, jaxem, tempfile, os
+        >>> from jaxem.core.kernel import EMKernel
+        >>> from jaxem.core.rows import Rows
+        >>> x = jax.random.normal(jax.random.key(0), (50, 2))
+        >>> kernel = EMKernel(jaxem.Mixture(jaxem.Gaussian(2)))
+        >>> state = kernel.init(kernel.model.init(jax.random.key(1), x, None), Rows.in_memory(x))
+        >>> path = os.path.join(tempfile.mkdtemp(), "state.npz")
+        >>> save_checkpoint(path, state, [])
+        >>> int(load_checkpoint(path, state).state.iteration)
+        0
+    """
+    leaves, treedef = jax.tree.flatten(state)
+    arrays = {f"leaf{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    arrays["history"] = np.asarray(history, dtype=np.float64)
+    metadata = {
+        "format": "jaxem",
+        "format_version": FORMAT_VERSION,
+        "jaxem_version": _jaxem_version(),
+        "kind": "checkpoint",
+        "class": type(state).__name__,
+        "family": _family(getattr(state, "params", state)),
+        "content": {"structure": str(treedef), "leaves": len(leaves)},
+    }
+    _write(path, metadata, arrays)
+
+
+def load_checkpoint(path: str | os.PathLike, like: Any) -> Checkpoint:
+    """Read a state written by :func:`save_checkpoint`; ``like`` (a state, or its shapes from
+    ``jax.eval_shape``) gives the structure, shapes and dtypes it must have.
+
+    Raises:
+        ValueError: the file is not a checkpoint, or was saved for another model, shape, M-step
+            or acceleration.
+    """
+    metadata, arrays = _read(path)
+    if metadata["kind"] != "checkpoint":
+        raise ValueError(_wrong_kind(path, metadata, "checkpoint"))
+    leaves, treedef = jax.tree.flatten(like)
+    content = metadata["content"]
+    saved = [arrays.get(f"leaf{i}") for i in range(len(leaves))]
+    if (
+        content.get("structure") != str(treedef)
+        or content.get("leaves") != len(leaves)
+        or any(
+            a is None or a.shape != np.shape(leaf) or a.dtype != np.dtype(leaf.dtype)
+            for a, leaf in zip(saved, leaves, strict=True)
+        )
+    ):
+        raise ValueError(
+            f"The checkpoint {os.fspath(path)} was saved for another fit (another model, shape, "
+            "dtype, M-step or acceleration): delete it, or pass the checkpoint of this fit."
+        )
+    state = treedef.unflatten([jax.numpy.asarray(a) for a in saved])
+    return Checkpoint(state, np.asarray(arrays.get("history", np.zeros(0))))
+
+
 def _read(path: Any) -> tuple[dict, dict[str, np.ndarray]]:
     def corrupt(reason: str) -> ValueError:
         return ValueError(
@@ -422,6 +503,8 @@ def load(path: str | os.PathLike, kind: str | None = None) -> Any:
     metadata, arrays = _read(path)
     if kind is not None and metadata["kind"] != kind:
         raise ValueError(_wrong_kind(path, metadata, kind))
+    if metadata["kind"] == "checkpoint":
+        raise ValueError(_wrong_kind(path, metadata, "result"))
     return _decode_file(path, metadata, arrays)
 
 
@@ -429,16 +512,22 @@ def _describe(metadata: dict) -> str:
     name = metadata.get("class", "?").rsplit(".", 1)[-1]
     if metadata["kind"] == "estimator":
         return f"a fitted {name} estimator"
+    if metadata["kind"] == "checkpoint":
+        return f"the checkpoint of a fit of {metadata.get('family', '?')} components"
     return f"a {name} model with its parameters"
 
 
 def _wrong_kind(path: Any, metadata: dict, wanted: str) -> str:
-    wanted_text = "an estimator" if wanted == "estimator" else "a model with its parameters"
-    how = (
-        f"{metadata['class'].rsplit('.', 1)[-1]}.load(path) or jaxem.io.load(path)"
-        if metadata["kind"] == "estimator"
-        else "jaxem.io.load(path), which returns (model, params)"
-    )
+    wanted_text = {
+        "estimator": "an estimator",
+        "checkpoint": "a checkpoint",
+        "result": "a model with its parameters",
+    }[wanted]
+    how = {
+        "estimator": f"{metadata['class'].rsplit('.', 1)[-1]}.load(path) or jaxem.io.load(path)",
+        "checkpoint": "jaxem.io.load_checkpoint(path, like), or resume the fit that wrote it",
+        "result": "jaxem.io.load(path), which returns (model, params)",
+    }[metadata["kind"]]
     return f"{os.fspath(path)} holds {_describe(metadata)}, not {wanted_text}: load it with {how}."
 
 

@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxem.core.estep import default_chunk_size, normalize_log, num_rows, reduce_chunks
+from jaxem.core.estep import normalize_log, num_rows
 from jaxem.core.model import Components, ConjugateComponents
+from jaxem.core.rows import default_chunk_size, reduce_chunks
 
 Array = jax.Array
 

@@ -46,11 +46,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxem.core.engine import check_missing
-from jaxem.core.estep import default_chunk_size, reduce_chunks
+from jaxem.core.inputs import check_missing
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import Components, ConjugateComponents
 from jaxem.core.precision import jit
+from jaxem.core.rows import default_chunk_size, reduce_chunks
 from jaxem.models.bernoulli import Bernoulli
 from jaxem.models.categorical import Categorical
 from jaxem.models.exponential import Exponential

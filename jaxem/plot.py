@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from jaxem.core.engine import FitResult
     from jaxem.core.mixture import Mixture, MixtureParams
+    from jaxem.drivers.fit import FitResult
     from jaxem.select import Selection
 
 

@@ -27,11 +27,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxem import init as initializers
-from jaxem.core.engine import FitResult, Status, em, fit_restarts, is_key, prepare_data
-from jaxem.core.estep import chunk_width, default_chunk_size, num_rows, reduce_chunks, total_weight
+from jaxem.core.algorithm import em
+from jaxem.core.estep import num_rows, total_weight
+from jaxem.core.inputs import is_key, prepare_data
+from jaxem.core.kernel import Status
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import count_free_parameters
 from jaxem.core.precision import jit
+from jaxem.core.rows import chunk_width, default_chunk_size, reduce_chunks
+from jaxem.drivers.fit import FitResult, fit_restarts
 from jaxem.hmm.model import HiddenMarkovModel, Sequences
 from jaxem.models.gaussian import COVARIANCE_TYPES, Gaussian, GaussianParams
 
@@ -498,7 +502,7 @@ def select(
             cell = slice(i * num_restarts, (i + 1) * num_restarts)
             r = _best_restart(loglik[cell], degenerate[cell])
             lane = i * num_restarts + r
-            total_loglik = float(loglik[lane]) * total
+            total_loglik = float(loglik[lane])
             p = num_parameters(Mixture(Gaussian(k, cov, reg_covar)), d)
             bic_value = -2.0 * total_loglik + p * math.log(total)
             rows.append(

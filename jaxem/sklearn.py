@@ -25,21 +25,17 @@ import numpy as np
 from jax import lax
 
 from jaxem import validation
-from jaxem.core.engine import (
-    EM,
-    ConvergenceWarning,
-    Status,
-    _start_from_key,
-    em,
-    fit_restarts,
-    prepare_data,
-)
-from jaxem.core.estep import chunk_width, default_chunk_size, reduce_chunks
+from jaxem.core.algorithm import EM, em
+from jaxem.core.inputs import ConvergenceWarning, prepare_data
+from jaxem.core.kernel import Status
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import Components
 from jaxem.core.mstep import default_mstep
+from jaxem.core.online import OnlineEM
 from jaxem.core.precision import jit
-from jaxem.core.subsample import initial_params, sample_size
+from jaxem.core.rows import chunk_width, default_chunk_size, reduce_chunks
+from jaxem.core.subsample import initial_params
+from jaxem.drivers.fit import fit_restarts, start_params, take_lane
 from jaxem.init import nearest_center
 from jaxem.labels import Labelled, check_labels
 from jaxem.missing import MISSING_OPTIONS, fill_column_means, impute, marginalize_missing
@@ -127,6 +123,10 @@ def _final_counts(algo: EM, params: MixtureParams, x: Array, weights: Array | No
     return algo.e_pass(params, x, weights)[0].counts
 
 
+# Compiled once per model and shapes, for every call (each of partial_fit's mini-batches).
+online_update = jit(OnlineEM.update, static_argnums=0)
+
+
 @partial(jit, static_argnames=("model", "num_samples"))
 def _sample(model: Mixture, params: MixtureParams, key: Array, num_samples: int):
     key_labels, key_draw = jax.random.split(key)
@@ -169,8 +169,10 @@ class MixtureModel(*_ESTIMATOR_BASES):
         params_: the fitted :class:`jaxem.MixtureParams` (NumPy leaves), usable with the
             functional API; model_: the fitted :class:`jaxem.Mixture`.
         weights_: mixture weights. converged_, n_iter_: of the best restart.
-        lower_bound_, lower_bounds_: mean log-likelihood before the last M-step, and before each.
-        restart_log_likelihoods_, restart_n_iters_, restart_statuses_: per restart
+        lower_bound_, lower_bounds_: mean log-likelihood per sample before the last M-step, and
+            before each.
+        restart_log_likelihoods_, restart_n_iters_, restart_statuses_: per restart (the first
+            as a mean per sample, like ``lower_bound_``)
             (statuses are :class:`jaxem.Status` codes).
         n_features_in_: number of features seen in ``fit``.
 
@@ -321,11 +323,13 @@ class MixtureModel(*_ESTIMATOR_BASES):
         self.n_features_in_ = num_features
         self.n_iter_ = n_iter
         self.converged_ = int(best.status) == Status.CONVERGED
-        self.lower_bounds_ = np.asarray(best.history[:n_iter])
+        # scikit-learn's lower bound is the mean per sample (per unit of sample weight).
+        total = np.asarray(num_samples if weights is None else jnp.sum(weights), x.dtype)
+        self.lower_bounds_ = np.asarray(best.history[:n_iter]) / total
         self.lower_bound_ = float(
-            self.lower_bounds_[-1] if n_iter else np.asarray(best.log_likelihood)
+            self.lower_bounds_[-1] if n_iter else np.asarray(best.log_likelihood) / total
         )
-        self.restart_log_likelihoods_ = np.asarray(lanes.log_likelihood)
+        self.restart_log_likelihoods_ = np.asarray(lanes.log_likelihood) / total
         self.restart_n_iters_ = np.asarray(lanes.num_iters)
         self.restart_statuses_ = np.asarray(lanes.status)
         self._set_family_attributes(model, best.params, counts)
@@ -346,8 +350,6 @@ class MixtureModel(*_ESTIMATOR_BASES):
         this batch; each call moves the running statistics toward the batch's by the step
         ``(t + 1) ** -0.6`` and refits the parameters from them. ``n_iter_`` counts the batches.
         """
-        from jaxem.streaming import OnlineEM, _online_update
-
         del y
         array = validation.check_data(X)
         num_samples, num_features = array.shape
@@ -364,16 +366,15 @@ class MixtureModel(*_ESTIMATOR_BASES):
                 model = self._build_model(num_features)
                 key = jax.random.key(validation.check_random_state(self.random_state))
                 init = self._initial_params(model, key[None], x, weights, checked)
-                params = (
-                    _start_from_key(model, key, x, weights, sample_size(x))
-                    if init is None
-                    else jax.tree.map(lambda a: a[0], init)
-                )
+                if init is None:
+                    rows = em(model).for_data(x).rows(x, weights)
+                    init = start_params(model, key[None], rows)
+                params = take_lane(init, 0)
             state = OnlineEM(model).init(params)
         else:
             validation.check_num_features(array, self.n_features_in_, type(self).__name__)
         online = OnlineEM(self.model_ if hasattr(self, "model_") else model)
-        state, batch_objective = _online_update(online, state, x, weights)
+        state, batch_log_likelihood = online_update(online, state, x, weights)
         self.model_ = online.model
         self.params_ = _to_numpy(state.params)
         self._online_state, self._online_params = state, state.params
@@ -381,7 +382,9 @@ class MixtureModel(*_ESTIMATOR_BASES):
         self.n_features_in_ = num_features
         self.n_iter_ = int(state.count)
         self.converged_ = False
-        self.lower_bound_ = float(batch_objective)
+        self.lower_bound_ = float(batch_log_likelihood) / float(
+            num_samples if weights is None else jnp.sum(weights)
+        )
         self._set_family_attributes(online.model, state.params, state.stats.counts * state.seen)
         return self
 

@@ -8,6 +8,8 @@ M-step can be compared with it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxem.core.engine import _fit_from_params, _start_from_key, em, fit, fit_restarts, prepare_data
+from jaxem.core.algorithm import em
+from jaxem.core.inputs import prepare_data
 from jaxem.core.mixture import Mixture
 from jaxem.core.model import Components, ConjugateComponents
 from jaxem.core.mstep import ClosedForm, Gradient
 from jaxem.core.precision import full_precision
+from jaxem.drivers.fit import fit, fit_restarts
 
 Array = jax.Array
 
@@ -58,6 +62,35 @@ class GradientOnly(Components):
 def gradient_only(family: Components) -> GradientOnly:
     """``family`` with its closed-form M-step hidden (see :class:`GradientOnly`)."""
     return GradientOnly(family)
+
+
+# The event JAX records for every program it compiles for a backend.
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@contextmanager
+def count_compilations() -> Iterator[list[str]]:
+    """Record the programs JAX compiles inside the block (the list fills as they compile).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> with count_compilations() as compiled:
+        ...     _ = jax.jit(lambda a: a + 1)(jnp.ones(3))
+        >>> len(compiled) >= 1
+        True
+    """
+    compiled: list[str] = []
+
+    def listener(event: str, duration: float, **kwargs: Any) -> None:
+        del duration
+        if event == COMPILE_EVENT:
+            compiled.append(str(kwargs.get("fun_name", "?")))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiled
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _monotone(history: np.ndarray, num_iters: int, rtol: float) -> None:
@@ -162,10 +195,9 @@ def check_model(
     )
 
     # No recompilation on a second fit with an equal (not identical) configuration.
-    before = _start_from_key._cache_size(), _fit_from_params._cache_size()
-    fit(dataclasses.replace(chunked_algo), key_one, x, weights, max_iter=max_iter, tol=0.0)
-    after = _start_from_key._cache_size(), _fit_from_params._cache_size()
-    assert after == before, "a second fit compiled again"
+    with count_compilations() as compiled:
+        fit(dataclasses.replace(chunked_algo), key_one, x, weights, max_iter=max_iter, tol=0.0)
+    assert not compiled, f"a second fit compiled again: {compiled}"
 
     # Gradient M-step reaches the closed-form fixed point.
     components = getattr(model, "components", None)
@@ -179,4 +211,4 @@ def check_model(
         )
 
 
-__all__ = ["GradientOnly", "check_model", "gradient_only"]
+__all__ = ["GradientOnly", "check_model", "count_compilations", "gradient_only"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxem.core.engine import check_missing
+from jaxem.core.inputs import check_missing
 
 # scikit-learn's tolerance on the sum of user-given weights.
 WEIGHTS_SUM_ATOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-8}
@@ -23,7 +23,7 @@ def check_data(x: Any, name: str = "X", *, allow_missing: bool = False) -> np.nd
     """``x`` as a finite, non-empty 2-D float array (float32 and float64 kept, others float64).
 
     With ``allow_missing`` NaN marks a missing value and is kept, but a row with every value
-    missing is refused (see :func:`jaxem.core.engine.check_missing`).
+    missing is refused (see :func:`jaxem.core.inputs.check_missing`).
 
     Example:
         >>> check_data([[1, 2], [3, 4]]).dtype

@@ -1,23 +1,24 @@
-"""SQUAREM acceleration of any EM map, with a safeguard that keeps the fit monotone.
+"""SQUAREM acceleration of any EM kernel, with a safeguard that keeps the fit monotone.
 
 SQUAREM (Varadhan & Roland, 2008, step length S3) takes two EM steps ``t1 = F(t0)``, ``t2 = F(t1)``
 and jumps along the quadratic through them,
 
     t' = t0 + 2 a r + a^2 v,   r = t1 - t0,   v = t2 - 2 t1 + t0,   a = |r| / |v|,
 
-then takes one more EM step from ``t'`` to stabilise. The jump happens in an unconstrained
-parameterisation (a model may provide ``to_unconstrained`` / ``from_unconstrained``; a
-:class:`jaxem.Mixture` uses log weights and asks its components for theirs), so mixture weights stay
-on the simplex and covariances positive definite. An extrapolated point whose objective is below
-that of ``t1`` (or is not finite) is rejected and the fit continues from ``t2`` instead, so the
-objective of the accepted iterates never decreases. The step bound grows by ``step_factor`` each
-time the maximal step is accepted and shrinks when it is rejected (the SQUAREM package's rule).
+then takes one more EM step from ``t'`` to stabilise. The jump happens in the unconstrained space
+the model's ``constraints()`` declare (the same map the gradient M-step optimises in: log weights
+for a mixture's simplex, a Cholesky factor with an unconstrained diagonal, ...), so mixture weights
+stay on the simplex and covariances positive definite. An extrapolated point whose objective is
+below that of ``t1`` (or is not finite) is rejected and the fit continues from ``t2`` instead, so
+the objective of the accepted iterates never decreases. The step bound grows by ``step_factor``
+each time the maximal step is accepted and shrinks when it is rejected (the SQUAREM package's rule).
 
-Each pass of the engine's loop runs exactly one E-step and one M-step: a SQUAREM cycle is three
-passes (at ``t0``, ``t1`` and ``t'``) tracked by a phase counter, so restarts under ``vmap`` stay in
-lockstep without evaluating both sides of a branch, ``FitResult.num_iters`` counts E-steps as for
-plain EM, and convergence is judged by the same rule: an EM step (``t0 -> t1`` or ``t1 -> t2``)
-changed the mean objective by less than ``tol``.
+:func:`squarem` turns a kernel into a kernel: each of its steps is exactly one E-step and M-step of
+the kernel it wraps (a SQUAREM cycle is three steps, at ``t0``, ``t1`` and ``t'``, tracked by a
+phase counter), so restarts under ``vmap`` stay in lockstep, ``iteration`` counts E-steps as for
+plain EM, the M-step strategy's carried state goes through every step, and convergence is judged
+by the same rule: an EM step (``t0 -> t1`` or ``t1 -> t2``) changed the mean objective by less than
+``tol``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from jaxem.core import constraints
+from jaxem.core.kernel import EMInfo, EMState, advance
 
 Array = jax.Array
 
@@ -63,15 +67,15 @@ class SquaremState(NamedTuple):
 
 
 def to_unconstrained(model: Any, params: Any) -> Any:
-    """``model.to_unconstrained(params)`` if the model has it, else the parameters themselves."""
-    convert = getattr(model, "to_unconstrained", None)
-    return params if convert is None else convert(params)
+    """``params`` in the unconstrained space of ``model.constraints()`` (itself without them)."""
+    declared = getattr(model, "constraints", None)
+    return params if declared is None else constraints.unconstrain(declared(), params)
 
 
 def from_unconstrained(model: Any, unconstrained: Any) -> Any:
     """Inverse of :func:`to_unconstrained`."""
-    convert = getattr(model, "from_unconstrained", None)
-    return unconstrained if convert is None else convert(unconstrained)
+    declared = getattr(model, "constraints", None)
+    return unconstrained if declared is None else constraints.constrain(declared(), unconstrained)
 
 
 def _select(condition: Array, on_true: Any, on_false: Any) -> Any:
@@ -121,8 +125,12 @@ class Squarem:
         if not self.step_factor >= 1.0:
             raise ValueError(f"Squarem step_factor must be at least 1, got {self.step_factor!r}.")
 
-    def init(self, params: Any, dtype: Any) -> SquaremState:
-        """The state before the first E-step, which evaluates ``params``."""
+    def __call__(self, kernel: Any) -> SquaremKernel:
+        """``kernel`` accelerated by SQUAREM with these settings (see :func:`squarem`)."""
+        return SquaremKernel(kernel, self)
+
+    def start(self, params: Any, dtype: Any) -> SquaremState:
+        """The cycle before the first E-step, which evaluates ``params``."""
         minus_inf = jnp.array(-jnp.inf, dtype)
         return SquaremState(
             phase=jnp.array(PHASE_BASE),
@@ -157,59 +165,117 @@ class Squarem:
         u_new = jax.tree.map(jump, u0, r, v, u2)
         return from_unconstrained(model, u_new), step
 
-    def step_fn(
-        self, algo: Any, state: SquaremState, x: Any, weights: Array | None
-    ) -> tuple[Any, SquaremState, Array, Array]:
-        """One E-step and M-step of the cycle.
 
-        Returns the newest accepted iterate, the next state, the objective to record and the
-        objective to compare it with for convergence (``-inf`` where no EM step was completed).
+@dataclass(frozen=True)
+class SquaremKernel:
+    """A kernel accelerated by SQUAREM: the same ``(init, step)`` pair, the state's
+    ``accelerator`` field holding the cycle (a :class:`SquaremState`).
+
+    Example:
+        >>> import jax, jaxem
+        >>> from jaxem.core.kernel import EMKernel
+        >>> kernel = squarem(EMKernel(jaxem.Mixture(jaxem.Gaussian(2))))
+        >>> kernel.model == jaxem.Mixture(jaxem.Gaussian(2))
+        True
+    """
+
+    inner: Any
+    settings: Squarem = Squarem()
+
+    @property
+    def model(self) -> Any:
+        return self.inner.model
+
+    @property
+    def mstep(self) -> Any:
+        return self.inner.mstep
+
+    def init(self, params: Any, rows: Any, *, tol: Any = 1e-3, max_iter: Any = 100) -> EMState:
+        state = self.inner.init(params, rows, tol=tol, max_iter=max_iter)
+        return state._replace(accelerator=self.settings.start(params, rows.dtype))
+
+    def log_likelihood(self, params: Any, rows: Any) -> Array:
+        return self.inner.log_likelihood(params, rows)
+
+    def step(self, state: EMState, rows: Any) -> tuple[EMState, EMInfo]:
+        """One E-step and M-step of the cycle (at ``t0``, ``t1`` or ``t'``).
+
+        The state's ``params`` is the newest accepted iterate and its ``log_likelihood`` the
+        objective the stopping rule compares (``-inf`` on the comparison side where no EM step was
+        completed).
         """
-        image, objective = algo.step(state.point, x, weights)
-        phase = state.phase
+        cycle, settings = state.accelerator, self.settings
+        image, mstep_state, info = self.inner.em_step(cycle.point, state.mstep_state, rows)
+        objective = info.log_likelihood
+        phase = cycle.phase
         at_base, at_first = phase == PHASE_BASE, phase == PHASE_FIRST
-        extrapolated, step = self.extrapolate(algo.model, state, image)
+        extrapolated, step = settings.extrapolate(self.model, cycle, image)
 
         # Phase 2: accept F(t') only if t' did not lower the objective below that of t1.
-        accept = jnp.isfinite(objective) & (objective >= state.first_objective) & _all_finite(image)
-        hit_max = state.step >= state.step_max
-        grown = jnp.where(hit_max, state.step_max * self.step_factor, state.step_max)
+        accept = jnp.isfinite(objective) & (objective >= cycle.first_objective) & _all_finite(image)
+        hit_max = cycle.step >= cycle.step_max
+        grown = jnp.where(hit_max, cycle.step_max * settings.step_factor, cycle.step_max)
         shrunk = jnp.where(
-            hit_max, jnp.maximum(self.step_max, state.step_max / self.step_factor), state.step_max
+            hit_max,
+            jnp.maximum(settings.step_max, cycle.step_max / settings.step_factor),
+            cycle.step_max,
         )
-        cycle_end_params = _select(accept, image, state.second)
-        cycle_end_objective = jnp.where(accept, objective, state.first_objective)
+        cycle_end_params = _select(accept, image, cycle.second)
+        cycle_end_objective = jnp.where(accept, objective, cycle.first_objective)
 
         new_params = _select(at_base | at_first, image, cycle_end_params)
         recorded = jnp.where(at_base | at_first, objective, cycle_end_objective)
         minus_inf = jnp.array(-jnp.inf, objective.dtype)
         previous = jnp.where(
-            at_base, state.previous, jnp.where(at_first, state.base_objective, minus_inf)
+            at_base, cycle.previous, jnp.where(at_first, cycle.base_objective, minus_inf)
         )
 
-        next_state = SquaremState(
+        next_cycle = SquaremState(
             phase=(phase + 1) % 3,
             point=_select(at_base, image, _select(at_first, extrapolated, cycle_end_params)),
-            base=_select(at_base, state.point, state.base),
-            first=_select(at_base, image, state.first),
-            second=_select(at_first, image, state.second),
-            base_objective=jnp.where(at_base, objective, state.base_objective),
-            first_objective=jnp.where(at_first, objective, state.first_objective),
-            previous=jnp.where(at_base | at_first, state.previous, cycle_end_objective),
-            step=jnp.where(at_first, step, state.step),
+            base=_select(at_base, cycle.point, cycle.base),
+            first=_select(at_base, image, cycle.first),
+            second=_select(at_first, image, cycle.second),
+            base_objective=jnp.where(at_base, objective, cycle.base_objective),
+            first_objective=jnp.where(at_first, objective, cycle.first_objective),
+            previous=jnp.where(at_base | at_first, cycle.previous, cycle_end_objective),
+            step=jnp.where(at_first, step, cycle.step),
             step_max=jnp.where(
-                phase == PHASE_EXTRAPOLATED, jnp.where(accept, grown, shrunk), state.step_max
+                phase == PHASE_EXTRAPOLATED, jnp.where(accept, grown, shrunk), cycle.step_max
             ),
         )
-        return new_params, next_state, recorded, previous
+        next_state = advance(
+            state,
+            new_params,
+            recorded,
+            previous,
+            info.total_weight,
+            mstep_state=mstep_state,
+            accelerator=next_cycle,
+        )
+        accepted = jnp.where(phase == PHASE_EXTRAPOLATED, accept, info.accepted)
+        return next_state, info._replace(accepted=accepted)
+
+
+def squarem(kernel: Any, settings: Squarem | None = None) -> SquaremKernel:
+    """``kernel`` accelerated by SQUAREM (default settings unless ``settings`` is given).
+
+    Example:
+        >>> import jaxem
+        >>> from jaxem.core.kernel import EMKernel
+        >>> accelerated = squarem(EMKernel(jaxem.Mixture(jaxem.Gaussian(2))))
+        >>> accelerated.settings == Squarem()
+        True
+    """
+    return SquaremKernel(kernel, Squarem() if settings is None else settings)
 
 
 ACCELERATORS = {"squarem": Squarem}
 
 
-def make_accelerator(accelerate: Any) -> Any:
+def make_accelerator(accelerate: Any) -> Squarem | None:
     """An accelerator from ``None``, a name in :data:`ACCELERATORS` or an instance."""
-    if accelerate is None or hasattr(accelerate, "step_fn"):
+    if accelerate is None or isinstance(accelerate, Squarem):
         return accelerate
     if isinstance(accelerate, str) and accelerate in ACCELERATORS:
         return ACCELERATORS[accelerate]()
@@ -217,3 +283,15 @@ def make_accelerator(accelerate: Any) -> Any:
         f"Unknown accelerate {accelerate!r}: use None (plain EM), "
         f"{', '.join(repr(name) for name in ACCELERATORS)}, or an instance such as Squarem()."
     )
+
+
+__all__ = [
+    "ACCELERATORS",
+    "Squarem",
+    "SquaremKernel",
+    "SquaremState",
+    "from_unconstrained",
+    "make_accelerator",
+    "squarem",
+    "to_unconstrained",
+]

@@ -1,6 +1,7 @@
 """Maps from unconstrained space onto the sets parameters live in.
 
-The gradient M-step optimises in an unconstrained space and maps back with ``forward``. A family
+The gradient M-step optimises in an unconstrained space and maps back with ``forward``, and SQUAREM
+extrapolates in the same space: it is each family's one unconstrained map. A family
 declares, through ``Components.constraints()``, a pytree of :class:`Constraint` objects that is a
 *prefix* of its parameters: one constraint may cover a whole subtree, and ``None`` (or a missing
 entry) means unconstrained. For instance a Gaussian with full covariances declares
@@ -25,8 +26,28 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
+
+
+def floored_log(p: Array) -> Array:
+    """``log p`` floored at ``log(tiny)`` of its dtype: finite for ``p = 0``, so that an inverse
+    map stays finite and ``0 * log 0`` in a matrix product is 0, not NaN.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> bool(jnp.isfinite(floored_log(jnp.zeros(()))))
+        True
+    """
+    floor = float(np.log(np.finfo(np.dtype(p.dtype)).tiny))
+    return jnp.maximum(jnp.log(p), floor)
+
+
+def floored_log1m(p: Array) -> Array:
+    """``log(1 - p)`` with the same floor as :func:`floored_log`."""
+    floor = float(np.log(np.finfo(np.dtype(p.dtype)).tiny))
+    return jnp.maximum(jnp.log1p(-p), floor)
 
 
 class Constraint:
@@ -64,8 +85,8 @@ class Positive(Constraint):
 
     def inverse(self, p: Array) -> Array:
         y = p - self.minimum
-        # log(exp(y) - 1) without overflow for large y.
-        return y + jnp.log(-jnp.expm1(-y))
+        # log(exp(y) - 1) without overflow for large y, finite at y = 0.
+        return y + floored_log(-jnp.expm1(-y))
 
 
 @dataclass(frozen=True)
@@ -80,7 +101,7 @@ class Interval(Constraint):
 
     def inverse(self, p: Array) -> Array:
         t = (p - self.low) / (self.high - self.low)
-        return jnp.log(t) - jnp.log1p(-t)
+        return floored_log(t) - floored_log1m(t)
 
 
 @dataclass(frozen=True)
@@ -91,7 +112,7 @@ class Simplex(Constraint):
         return jax.nn.softmax(u, axis=-1)
 
     def inverse(self, p: Array) -> Array:
-        return jnp.log(p)
+        return floored_log(p)
 
 
 @dataclass(frozen=True)
@@ -191,5 +212,7 @@ __all__ = [
     "UnitVector",
     "UpperCholesky",
     "constrain",
+    "floored_log",
+    "floored_log1m",
     "unconstrain",
 ]

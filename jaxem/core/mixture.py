@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from jaxem.core.constraints import Simplex
 from jaxem.core.estep import normalize_log, weighted_sum
-from jaxem.core.model import Components, ConjugateComponents
+from jaxem.core.model import Components, ConjugateComponents, conditional_m_step
 
 Array = jax.Array
 
@@ -138,28 +138,28 @@ class Mixture:
             return MixtureParams(weights, params.components)
         return MixtureParams(weights, self.components.m_step(params.components, stats.components))
 
+    def m_step_given(
+        self, params: MixtureParams, stats: MixtureStats, frozen: MixtureParams
+    ) -> MixtureParams:
+        """The M-step with the blocks marked in ``frozen`` held: the weights and the components
+        are independent blocks of Q, and the components hold theirs as the family can (see
+        :func:`jaxem.core.model.conditional_m_step`)."""
+        weights = params.weights
+        if not frozen.weights:
+            weights = self.m_step_weights(stats.counts).astype(params.weights.dtype)
+        components = params.components
+        if stats.components is not None:
+            components = conditional_m_step(
+                self.components, params.components, stats.components, frozen.components
+            )
+        return MixtureParams(weights, components)
+
     def log_prior(self, params: MixtureParams) -> Array:
         lp = self.components.log_prior(params.components)
         alpha = self.weight_concentration
         if alpha != 1.0:
             lp = lp + (alpha - 1.0) * jnp.sum(jnp.log(params.weights))
         return lp
-
-    def to_unconstrained(self, params: MixtureParams) -> MixtureParams:
-        """Log weights, and the components' own unconstrained form if they have one.
-
-        Used by SQUAREM, which extrapolates in this space so the weights stay on the simplex.
-        """
-        convert = getattr(self.components, "to_unconstrained", None)
-        components = params.components if convert is None else convert(params.components)
-        return MixtureParams(jnp.log(params.weights), components)
-
-    def from_unconstrained(self, unconstrained: MixtureParams) -> MixtureParams:
-        """Inverse of :meth:`to_unconstrained` (softmax of the log weights)."""
-        convert = getattr(self.components, "from_unconstrained", None)
-        components = unconstrained.components
-        components = components if convert is None else convert(components)
-        return MixtureParams(jax.nn.softmax(unconstrained.weights), components)
 
     def constraints(self) -> MixtureParams:
         """Weights on the simplex; components as the family declares (gradient M-step)."""

@@ -14,6 +14,13 @@ A model (or a component family, which :class:`~jaxem.core.mixture.Mixture` asks)
 ``prepare_rows(x)``: work on the data alone that a fit does once, before its loop, instead of on
 every chunk at every iteration. It returns a pytree with the same rows, and during the fit the
 model's E-step and M-step receive chunks of it in place of chunks of ``x``.
+
+Frozen parameters (held at their values by an M-step's ``frozen`` setting, or declared by a model
+such as a hidden Markov model that re-estimates only some of its parts) are handled by one
+mechanism: the M-step strategy's leaf mask. A model or family whose closed form can hold some
+blocks fixed and still maximise Q exactly over the others says so with
+``m_step_given(params, stats, frozen)`` (``frozen``: bools shaped like ``params``); see
+:func:`conditional_m_step`.
 """
 
 from __future__ import annotations
@@ -117,6 +124,38 @@ class ConjugateComponents(Components):
         """Every block by default; a family whose ``m_step`` updates only some blocks (and passes
         the others through) marks the others ``False`` so the gradient M-step optimises them."""
         return True
+
+
+class NoConditionalMStep(Exception):
+    """A model cannot hold these blocks fixed and still maximise Q exactly in closed form."""
+
+
+def conditional_m_step(part: Any, params: Params, stats: Stats, frozen: Any) -> Params:
+    """The exact maximiser of Q over the blocks of ``params`` not marked in ``frozen``.
+
+    ``part`` is a model or a component family; ``frozen`` a pytree of Python bools shaped like
+    ``params``. All free or all frozen need nothing of ``part``; otherwise it must define
+    ``m_step_given(params, stats, frozen)``, or :class:`NoConditionalMStep` is raised (the caller
+    then merges the unconditional M-step and checks that Q did not decrease).
+
+    Example:
+        >>> import jax.numpy as jnp, jaxem
+        >>> family = jaxem.Gaussian(1, "diag")
+        >>> params = jaxem.GaussianParams(jnp.zeros((1, 1)), jnp.ones((1, 1)))
+        >>> stats = family.suff_stats(params, jnp.array([2.0]), jnp.array([1.0]))
+        >>> frozen = jaxem.GaussianParams(True, False)
+        >>> conditional_m_step(family, params, stats, frozen).means.tolist()
+        [[0.0]]
+    """
+    flags = jax.tree.leaves(frozen)
+    if all(flags):
+        return params
+    if not any(flags):
+        return part.m_step(params, stats)
+    method = getattr(part, "m_step_given", None)
+    if method is None:
+        raise NoConditionalMStep(type(part).__name__)
+    return method(params, stats, frozen)
 
 
 def count_free_parameters(family: Any, num_features: int) -> int:

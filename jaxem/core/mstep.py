@@ -26,7 +26,7 @@ bools matching the parameters.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
@@ -36,54 +36,26 @@ import optax
 from jax import lax
 
 from jaxem.core import constraints as cons
-from jaxem.core.estep import reduce_chunks, total_weight
+from jaxem.core.model import NoConditionalMStep, conditional_m_step
 
 Array = jax.Array
 
 
 class MStep(Protocol):
-    """An M-step: new parameters from the old ones and the summed E-step statistics.
+    """An M-step strategy: new parameters from the old ones and one E-step's summed statistics.
 
-    ``x``, ``weights`` and ``chunk_size`` are passed so that a strategy that needs the data (the
-    gradient M-step re-evaluates Q chunk by chunk) can have it; the closed form ignores them.
-
-    A strategy that carries state across EM iterations (an optimizer's memory) also implements
-    ``init_state(model, params)`` and ``update_with_state(..., state) -> (params, state)``; the
-    engine threads that state through its loop (see :func:`init_mstep_state`, :func:`apply_mstep`).
+    ``init_state(model, params)`` gives the state the strategy carries from one EM iteration to the
+    next (``None`` for none: an optimizer's memory otherwise); ``update`` returns the new
+    parameters, the new carried state and whether its candidate was accepted. ``rows`` (a pass
+    over the data, see :mod:`jaxem.core.rows`) is there for strategies that need the data again:
+    the gradient M-step evaluates Q and its gradient on it.
     """
 
+    def init_state(self, model: Any, params: Any) -> Any: ...
+
     def update(
-        self,
-        model: Any,
-        params: Any,
-        stats: Any,
-        x: Any,
-        weights: Array | None,
-        chunk_size: int | None,
-    ) -> Any: ...
-
-
-def init_mstep_state(mstep: Any, model: Any, params: Any) -> Any:
-    """The state an M-step carries across EM iterations (``None`` for a stateless one)."""
-    init = getattr(mstep, "init_state", None)
-    return None if init is None else init(model, params)
-
-
-def apply_mstep(
-    mstep: Any,
-    model: Any,
-    params: Any,
-    stats: Any,
-    x: Any,
-    weights: Array | None,
-    chunk_size: int | None,
-    state: Any,
-) -> tuple[Any, Any]:
-    """Run ``mstep`` with its carried state if it has one: ``(new_params, new_state)``."""
-    update = getattr(mstep, "update_with_state", None)
-    if update is None:
-        return mstep.update(model, params, stats, x, weights, chunk_size), state
-    return update(model, params, stats, x, weights, chunk_size, state)
+        self, model: Any, params: Any, stats: Any, rows: Any, state: Any
+    ) -> tuple[Any, Any, Array]: ...
 
 
 # ---- masks over parameter leaves -----------------------------------------------------------------
@@ -156,65 +128,60 @@ def _check_frozen(frozen: Any) -> Any:
 # ---- the objective of the M-step ----------------------------------------------------------------
 
 
-def expected_objective(
-    model: Any,
-    params: Any,
-    params_old: Any,
-    x: Any,
-    weights: Array | None,
-    chunk_size: int | None,
-    axis_name: str | None = None,
-) -> Array:
-    """Mean ``Q(params | params_old) + log p(params)``, reduced chunk by chunk.
+def expected_objective(model: Any, params: Any, params_old: Any, rows: Any) -> Array:
+    """Mean ``Q(params | params_old) + log p(params)`` per unit of row weight, over ``rows``.
 
-    Responsibilities are recomputed from ``params_old`` (under ``stop_gradient``) in every chunk,
-    so no N x K array is kept; this is what the gradient M-step differentiates. With ``axis_name``
-    (inside ``shard_map``, each device holding a shard of the rows) Q and the total weight are
-    summed over that axis, and so is Q's gradient: every device sees the same objective.
+    Responsibilities are recomputed from ``params_old`` in every chunk, so no N x K array is kept.
+    Differentiable in ``params``: the gradient is reduced chunk by chunk alongside the value (never
+    by differentiating through the pass over the rows), so it costs one pass, needs O(chunk x K)
+    memory, and is the same for rows in memory, sharded over devices or streamed from the host.
+
+    Example:
+        >>> import jax, jaxem
+        >>> from jaxem.core.rows import Rows
+        >>> x = jax.random.normal(jax.random.key(0), (50, 2))
+        >>> model = jaxem.Mixture(jaxem.Gaussian(2, "diag"))
+        >>> params = model.init(jax.random.key(1), x, None)
+        >>> rows = Rows.in_memory(x, chunk_size=16)
+        >>> q = expected_objective(model, params, params, rows)
+        >>> jax.grad(expected_objective, argnums=1)(model, params, params, rows).weights.shape
+        (2,)
     """
+    return _expected_objective(model, params, params_old, rows)
 
-    def local_q(p: Any, p_old: Any, x: Any, weights: Array | None) -> Array:
-        return reduce_chunks(
-            lambda xc, wc, _: model.expected_log_joint(p, p_old, xc, wc), x, weights, chunk_size
-        )
 
-    if axis_name is None:
-        q = local_q(params, params_old, x, weights)
-        total = total_weight(x, weights, q.dtype)
-    else:
-        q = _summed_over_axis(local_q, axis_name, params, params_old, x, weights)
-        total = lax.psum(total_weight(x, weights, q.dtype), axis_name)
+def _with_prior(model: Any, params: Any, q: Array, rows: Any) -> Array:
+    # The prior follows the data's dtype: a float64 zero prior must not promote a float32 fit.
+    total = rows.total_weight(q.dtype)
     return (q + jnp.asarray(model.log_prior(params), q.dtype)) / total
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _summed_over_axis(
-    fn: Callable, axis_name: str, params: Any, params_old: Any, x: Any, weights: Any
-) -> Array:
-    """``psum(fn(params, params_old, x, weights))`` over ``axis_name``, with the gradient in
-    ``params`` summed too.
-
-    ``psum``'s own transpose (with shard_map's replication checks off) leaves each device its local
-    gradient; the gradient of the global sum is the sum of the local ones.
-    """
-    return lax.psum(fn(params, params_old, x, weights), axis_name)
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _expected_objective(model: Any, params: Any, params_old: Any, rows: Any) -> Array:
+    q = rows.reduce(lambda xc, wc, _: model.expected_log_joint(params, params_old, xc, wc))
+    return _with_prior(model, params, q, rows)
 
 
-def _summed_forward(
-    fn: Callable, axis_name: str, params: Any, params_old: Any, x: Any, weights: Any
+def _expected_objective_forward(
+    model: Any, params: Any, params_old: Any, rows: Any
 ) -> tuple[Array, Any]:
-    value, pullback = jax.vjp(lambda p: fn(p, params_old, x, weights), params)
-    return lax.psum(value, axis_name), pullback
+    def chunk(xc: Any, wc: Array | None, _: Array) -> tuple[Array, Any]:
+        return jax.value_and_grad(lambda p: model.expected_log_joint(p, params_old, xc, wc))(params)
+
+    q, grad = rows.reduce(chunk)
+    value, prior_grad = jax.value_and_grad(lambda p: _with_prior(model, p, q, rows))(params)
+    total = rows.total_weight(q.dtype)
+    return value, jax.tree.map(lambda g, h: g / total + h, grad, prior_grad)
 
 
-def _summed_backward(fn: Callable, axis_name: str, pullback: Any, cotangent: Array) -> tuple:
-    (grad,) = pullback(cotangent)
-    # Only params are differentiated: the old parameters sit under stop_gradient, and the data
-    # have no gradient.
-    return lax.psum(grad, axis_name), None, None, None
+def _expected_objective_backward(model: Any, grad: Any, cotangent: Array) -> tuple:
+    del model
+    # Only params are differentiated: the old parameters sit under stop_gradient, the rows have
+    # no gradient.
+    return jax.tree.map(lambda g: cotangent * g, grad), None, None
 
 
-_summed_over_axis.defvjp(_summed_forward, _summed_backward)
+_expected_objective.defvjp(_expected_objective_forward, _expected_objective_backward)
 
 
 def _select(keep_new: Array, new: Any, old: Any) -> Any:
@@ -230,6 +197,36 @@ def _merge(mask: list[bool], new: Any, old: Any) -> Any:
     )
 
 
+# ---- frozen leaves -------------------------------------------------------------------------------
+
+
+def frozen_mask(frozen: Any, model: Any, params: Any) -> list[bool]:
+    """Per leaf of ``params``: held fixed by the M-step's ``frozen`` or by the model itself.
+
+    A model declares parameters it never re-estimates with a ``frozen_parameters`` attribute in the
+    same form (a hidden Markov model's ``update`` letters become one), so there is one mechanism.
+    """
+    own = frozen_leaves(frozen, params)
+    declared = frozen_leaves(getattr(model, "frozen_parameters", ()), params)
+    return [a or b for a, b in zip(own, declared, strict=True)]
+
+
+def held_m_step(model: Any, params: Any, stats: Any, mask: list[bool]) -> tuple[Any, bool]:
+    """The closed-form M-step with the leaves in ``mask`` held: ``(params, exact)``.
+
+    ``exact``: the result maximises Q over the free leaves given the held ones (the model's
+    :func:`~jaxem.core.model.conditional_m_step`); otherwise it is the unconditional M-step with
+    the held leaves put back, which the caller must check against Q.
+    """
+    if not any(mask):
+        return model.m_step(params, stats), True
+    tree = jax.tree.unflatten(jax.tree.structure(params), mask)
+    try:
+        return conditional_m_step(model, params, stats, tree), True
+    except NoConditionalMStep:
+        return _merge([not f for f in mask], model.m_step(params, stats), params), False
+
+
 # ---- closed form ---------------------------------------------------------------------------------
 
 
@@ -239,10 +236,9 @@ class ClosedForm:
 
     Args:
         frozen: parameters held at their current values (see the module docstring). The other
-            blocks take their closed form; where that closed form depends on a frozen block (a
-            Gaussian's covariance on a frozen mean) the result is kept only if Q did not decrease,
-            so EM stays monotone; use :class:`Gradient` with ``frozen`` for the exact conditional
-            maximiser in that case.
+            blocks take their exact conditional maximiser where the model provides it (a Gaussian
+            re-estimates its covariances about frozen means); otherwise their unconditional closed
+            form is kept only if Q did not decrease, so EM stays monotone.
 
     Example:
         >>> import jaxem
@@ -250,31 +246,23 @@ class ClosedForm:
     """
 
     frozen: Any = ()
-    # Set by jaxem.parallel when each device holds a shard of the rows (Q is summed over it).
-    axis_name: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "frozen", _check_frozen(self.frozen))
 
+    def init_state(self, model: Any, params: Any) -> None:
+        del model, params
+
     def update(
-        self,
-        model: Any,
-        params: Any,
-        stats: Any,
-        x: Any,
-        weights: Array | None,
-        chunk_size: int | None,
-    ) -> Any:
-        new = model.m_step(params, stats)
-        frozen = frozen_leaves(self.frozen, params)
-        if not any(frozen):
-            return new
-        new = _merge([not f for f in frozen], new, params)
-        if not hasattr(model, "expected_log_joint"):
-            return new
-        q_new = expected_objective(model, new, params, x, weights, chunk_size, self.axis_name)
-        q_old = expected_objective(model, params, params, x, weights, chunk_size, self.axis_name)
-        return _select(q_new >= q_old, new, params)
+        self, model: Any, params: Any, stats: Any, rows: Any, state: Any
+    ) -> tuple[Any, Any, Array]:
+        new, exact = held_m_step(model, params, stats, frozen_mask(self.frozen, model, params))
+        if exact or not hasattr(model, "expected_log_joint"):
+            return new, state, jnp.array(True)
+        improved = expected_objective(model, new, params, rows) >= expected_objective(
+            model, params, params, rows
+        )
+        return _select(improved, new, params), state, improved
 
 
 # ---- gradient (generalized EM) -------------------------------------------------------------------
@@ -347,8 +335,6 @@ class Gradient:
     num_backoffs: int = 8
     carry_state: bool = False
     frozen: Any = ()
-    # Set by jaxem.parallel when each device holds a shard of the rows (Q is summed over it).
-    axis_name: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_steps, int) or self.num_steps < 1:
@@ -379,7 +365,7 @@ class Gradient:
     def _plan(self, model: Any, params: Any) -> tuple[list[bool], list[bool], list[Any]]:
         closed_form = getattr(model, "closed_form_blocks", lambda: False)()
         closed = [bool(c) for c in broadcast_prefix(closed_form, params, False)]
-        frozen = frozen_leaves(self.frozen, params)
+        frozen = frozen_mask(self.frozen, model, params)
         constraint_tree = getattr(model, "constraints", lambda: None)()
         leaf_constraints = broadcast_prefix(constraint_tree, params, cons.Real())
         return closed, frozen, leaf_constraints
@@ -389,44 +375,28 @@ class Gradient:
             return None
         closed, frozen, leaf_cons = self._plan(model, params)
         free = [not c and not f for c, f in zip(closed, frozen, strict=True)]
+        if not any(free):  # every block has a closed form or is frozen: nothing to optimise
+            return None
         leaves = jax.tree.leaves(params)
         u0 = [c.inverse(p) for c, p, m in zip(leaf_cons, leaves, free, strict=True) if m]
         return self.make_optimizer().init(u0)
 
     def update(
-        self,
-        model: Any,
-        params: Any,
-        stats: Any,
-        x: Any,
-        weights: Array | None,
-        chunk_size: int | None,
-    ) -> Any:
-        return self.update_with_state(model, params, stats, x, weights, chunk_size, None)[0]
-
-    def update_with_state(
-        self,
-        model: Any,
-        params: Any,
-        stats: Any,
-        x: Any,
-        weights: Array | None,
-        chunk_size: int | None,
-        state: Any,
-    ) -> tuple[Any, Any]:
+        self, model: Any, params: Any, stats: Any, rows: Any, state: Any
+    ) -> tuple[Any, Any, Array]:
         closed, frozen, leaf_cons = self._plan(model, params)
         # ECM: weights and marked blocks from the model's closed form, frozen leaves stay.
-        exact = model.m_step(params, stats)
-        start = _merge([c and not f for c, f in zip(closed, frozen, strict=True)], exact, params)
+        held = [f or not c for c, f in zip(closed, frozen, strict=True)]
+        start, _ = held_m_step(model, params, stats, held)
         free = [not c and not f for c, f in zip(closed, frozen, strict=True)]
 
         def q(p: Any) -> Array:
-            return expected_objective(model, p, params, x, weights, chunk_size, self.axis_name)
+            return expected_objective(model, p, params, rows)
 
         q_old = q(params)
         if not any(free):
-            q_start = q(start)
-            return _select(q_start >= q_old, start, params), state
+            improved = q(start) >= q_old
+            return _select(improved, start, params), state, improved
 
         start_leaves, treedef = jax.tree.flatten(start)
         free_cons = [c for c, m in zip(leaf_cons, free, strict=True) if m]
@@ -489,8 +459,9 @@ class Gradient:
         )
         candidate = _select(accepted, build(u_best), start)
         q_candidate = -jnp.where(accepted, loss_best, loss_start)
-        new = _select(q_candidate >= q_old, candidate, params)
-        return new, (opt_state if self.carry_state else state)
+        improved = q_candidate >= q_old
+        new = _select(improved, candidate, params)
+        return new, (opt_state if self.carry_state else state), improved
 
 
 def _inner_step(carry: tuple, value_and_grad: Callable, opt: Any, loss: Callable) -> tuple:
@@ -521,10 +492,10 @@ __all__ = [
     "Gradient",
     "MStep",
     "Optimizer",
-    "apply_mstep",
     "broadcast_prefix",
     "default_mstep",
     "expected_objective",
     "frozen_leaves",
-    "init_mstep_state",
+    "frozen_mask",
+    "held_m_step",
 ]

@@ -255,8 +255,9 @@ def sample_rows(
 def initial_params(
     model: Any, key: Array, x: Any, weights: Array | None, size: int | None = None
 ) -> Any:
-    """``model.init`` on all rows, or on a :func:`sample_rows` sample when there are more than
-    ``size`` (default :func:`sample_size`).
+    """``model.init`` on all rows of the arrays ``x``, or on a :func:`sample_rows` sample when
+    there are more than ``size`` (default :func:`sample_size`): the one start of every driver
+    (:func:`jaxem.core.rows.initial_params`) on rows held in memory.
 
     Example:
         >>> import jax, jaxem
@@ -265,12 +266,10 @@ def initial_params(
         >>> initial_params(model, jax.random.key(1), x, None).weights.shape
         (2,)
     """
+    from jaxem.core import rows  # rows builds on this module
+
     size = sample_size(x) if size is None else size
-    if num_rows(x) <= size:
-        return model.init(key, x, weights)
-    key_sample, key_init = jax.random.split(key)
-    sample, sample_weights = sample_rows(key_sample, x, weights, size)
-    return model.init(key_init, sample, sample_weights)
+    return rows.initial_params(model, key, rows.Rows.in_memory(x, weights), size)
 
 
 __all__ = [

@@ -24,9 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxem import validation
-from jaxem.core.engine import Status, em, fit_restarts, prepare_data
+from jaxem.core.algorithm import em
+from jaxem.core.inputs import prepare_data
+from jaxem.core.kernel import Status
 from jaxem.core.model import Components
 from jaxem.core.precision import jit
+from jaxem.drivers.fit import fit_restarts
 from jaxem.hmm.inference import INFERENCE_METHODS, sample_states
 from jaxem.hmm.model import HiddenMarkovModel, HMMParams, Sequences, pad_sequences, unpad
 from jaxem.models.categorical import Categorical, CategoricalParams
@@ -253,14 +256,14 @@ class _BaseHMM(*_ESTIMATOR_BASES):
         self.params_ = best.params
         self._set_attributes(model, best.params)
         num_iters = int(best.num_iters)
-        history = np.asarray(best.history)[:num_iters] * num_sequences
+        history = np.asarray(best.history)[:num_iters]
         self.monitor_ = ConvergenceMonitor(
             [float(h) for h in history], num_iters, status == Status.CONVERGED, float(self.tol)
         )
-        self.lower_bound_ = float(best.log_likelihood) * num_sequences
+        self.lower_bound_ = float(best.log_likelihood)
         self.n_iter_ = num_iters
         self.converged_ = status == Status.CONVERGED
-        self.restart_log_likelihoods_ = np.asarray(lanes.log_likelihood) * num_sequences
+        self.restart_log_likelihoods_ = np.asarray(lanes.log_likelihood)
         if status == Status.MAX_ITER and self.n_iter > 0:
             warnings.warn(
                 f"{type(self).__name__} did not converge in n_iter={self.n_iter} iterations "

@@ -25,7 +25,12 @@ import numpy as np
 
 from jaxem.core.constraints import Simplex
 from jaxem.core.estep import weighted_sum
-from jaxem.core.model import Components, ConjugateComponents, count_free_parameters
+from jaxem.core.model import (
+    Components,
+    ConjugateComponents,
+    conditional_m_step,
+    count_free_parameters,
+)
 from jaxem.hmm.inference import INFERENCE_METHODS, Smoothed, forward_backward, viterbi
 
 Array = jax.Array
@@ -168,7 +173,8 @@ class HiddenMarkovModel:
         stickiness: ``kappa`` added to the Dirichlet concentration of the self-transition of each
             row (a sticky HMM; 0: none).
         update: the parts the M-step re-estimates: ``"s"`` initial, ``"t"`` transition,
-            ``"e"`` emissions; leave a letter out to keep that part as initialised.
+            ``"e"`` emissions; leave a letter out to keep that part as initialised (the same as
+            naming it in the M-step's ``frozen``, see :attr:`frozen_parameters`).
         inference: ``"sequential"`` (``lax.scan`` in log space), ``"parallel"``
             (``lax.associative_scan``, O(log T) depth: for long sequences on accelerators) or
             ``"scaled"`` (``lax.scan`` of probability products rescaled at every step, like
@@ -298,15 +304,29 @@ class HiddenMarkovModel:
         k = self.num_components
         return self.transition_concentration - 1.0 + self.stickiness * jnp.eye(k, dtype=dtype)
 
+    @property
+    def frozen_parameters(self) -> tuple[str, ...]:
+        """The parts left out of ``update``, held by the M-step like its own ``frozen``."""
+        names = {"s": "initial", "t": "transition", "e": "emissions"}
+        return tuple(name for letter, name in names.items() if letter not in self.update)
+
     def m_step(self, params: HMMParams, stats: HMMStats) -> HMMParams:
+        frozen = HMMParams(False, False, jax.tree.map(lambda _: False, params.emissions))
+        return self.m_step_given(params, stats, frozen)
+
+    def m_step_given(self, params: HMMParams, stats: HMMStats, frozen: HMMParams) -> HMMParams:
+        """The M-step with the parts marked in ``frozen`` held (they are independent blocks of
+        Q; the emissions hold theirs as the family can)."""
         initial, transition, emissions = params
-        if "s" in self.update:
+        if not frozen.initial:
             initial = _dirichlet_map(stats.initial, self.initial_concentration - 1.0, initial)
-        if "t" in self.update:
+        if not frozen.transition:
             prior = self._transition_prior(transition.dtype)
             transition = _dirichlet_map(stats.transition, prior, transition)
-        if "e" in self.update and stats.emissions is not None:
-            emissions = self.emissions.m_step(emissions, stats.emissions)
+        if stats.emissions is not None:
+            emissions = conditional_m_step(
+                self.emissions, emissions, stats.emissions, frozen.emissions
+            )
         return HMMParams(initial, transition, emissions)
 
     def log_prior(self, params: HMMParams) -> Array:
@@ -328,24 +348,6 @@ class HiddenMarkovModel:
         as the family marks them (none for a non-conjugate family)."""
         conjugate = isinstance(self.emissions, ConjugateComponents)
         return HMMParams(True, True, self.emissions.closed_form_blocks() if conjugate else False)
-
-    def to_unconstrained(self, params: HMMParams) -> HMMParams:
-        """Log-probabilities, and the emissions' own unconstrained form if they have one (SQUAREM
-        extrapolates in this space)."""
-        convert = getattr(self.emissions, "to_unconstrained", None)
-        emissions = params.emissions if convert is None else convert(params.emissions)
-        return HMMParams(jnp.log(params.initial), jnp.log(params.transition), emissions)
-
-    def from_unconstrained(self, unconstrained: HMMParams) -> HMMParams:
-        """Inverse of :meth:`to_unconstrained`."""
-        convert = getattr(self.emissions, "from_unconstrained", None)
-        emissions = unconstrained.emissions
-        emissions = emissions if convert is None else convert(emissions)
-        return HMMParams(
-            jax.nn.softmax(unconstrained.initial),
-            jax.nn.softmax(unconstrained.transition, axis=-1),
-            emissions,
-        )
 
     def _expected_complete_log_likelihood(
         self, params: HMMParams, smoothed: Smoothed, observations: Any

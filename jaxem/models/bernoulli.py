@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxem.core.constraints import Interval
+from jaxem.core.constraints import Interval, floored_log, floored_log1m
 from jaxem.models.closed_form import (
     ChunkConjugateComponents,
     as_matrix,
@@ -24,8 +24,6 @@ from jaxem.models.closed_form import (
     check_init_method,
     check_num_components,
     divide_or_keep,
-    floored_log,
-    floored_log1m,
     init_from_responsibilities,
 )
 
@@ -122,10 +120,3 @@ class Bernoulli(ChunkConjugateComponents):
 
     def constraints(self) -> BernoulliParams:
         return BernoulliParams(Interval(0.0, 1.0))
-
-    def to_unconstrained(self, params: BernoulliParams) -> BernoulliParams:
-        """Log-odds of the probabilities."""
-        return BernoulliParams(floored_log(params.probs) - floored_log1m(params.probs))
-
-    def from_unconstrained(self, unconstrained: BernoulliParams) -> BernoulliParams:
-        return BernoulliParams(jax.nn.sigmoid(unconstrained.probs))

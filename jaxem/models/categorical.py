@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxem.core.constraints import Constraint
+from jaxem.core.constraints import Constraint, floored_log
 from jaxem.models.closed_form import (
     ChunkConjugateComponents,
     as_matrix,
@@ -25,7 +25,6 @@ from jaxem.models.closed_form import (
     check_init_method,
     check_num_components,
     divide_or_keep,
-    floored_log,
     init_from_responsibilities,
 )
 
@@ -199,10 +198,3 @@ class Categorical(ChunkConjugateComponents):
 
     def constraints(self) -> CategoricalParams:
         return CategoricalParams(LevelSimplex(self.num_levels))
-
-    def to_unconstrained(self, params: CategoricalParams) -> CategoricalParams:
-        """Log-probabilities (padding levels stay at the floor)."""
-        return CategoricalParams(floored_log(params.probs))
-
-    def from_unconstrained(self, unconstrained: CategoricalParams) -> CategoricalParams:
-        return CategoricalParams(LevelSimplex(self.num_levels).forward(unconstrained.probs))

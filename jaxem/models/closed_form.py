@@ -13,28 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxem import init as initializers
-from jaxem.core.estep import default_chunk_size, num_rows, reduce_chunks
+from jaxem.core.constraints import floored_log
+from jaxem.core.estep import num_rows
 from jaxem.core.model import ConjugateComponents
+from jaxem.core.rows import default_chunk_size, reduce_chunks
 
 Array = jax.Array
 
 INIT_METHODS = ("kmeans++", "random_rows", "random_resp")
-
-
-def floored_log(p: Array) -> Array:
-    """``log p`` floored at ``log(tiny)``, so that ``0 * log 0`` in a matrix product is 0, not NaN.
-
-    The floor only matters for a probability (or rate) that is exactly 0, which a prior with
-    pseudo-counts above zero (every family's default) never produces.
-    """
-    floor = float(np.log(np.finfo(np.dtype(p.dtype)).tiny))
-    return jnp.maximum(jnp.log(p), floor)
-
-
-def floored_log1m(p: Array) -> Array:
-    """``log(1 - p)`` with the same floor as :func:`floored_log`."""
-    floor = float(np.log(np.finfo(np.dtype(p.dtype)).tiny))
-    return jnp.maximum(jnp.log1p(-p), floor)
 
 
 class ChunkConjugateComponents(ConjugateComponents):

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxem.core.constraints import Positive
+from jaxem.core.constraints import Positive, floored_log
 from jaxem.models.closed_form import (
     ChunkConjugateComponents,
     as_matrix,
@@ -25,7 +25,6 @@ from jaxem.models.closed_form import (
     check_init_method,
     check_num_components,
     divide_or_keep,
-    floored_log,
     gamma_log_prior,
     init_from_responsibilities,
 )
@@ -113,10 +112,3 @@ class Exponential(ChunkConjugateComponents):
 
     def constraints(self) -> ExponentialParams:
         return ExponentialParams(Positive())
-
-    def to_unconstrained(self, params: ExponentialParams) -> ExponentialParams:
-        """Log-rates."""
-        return ExponentialParams(floored_log(params.rates))
-
-    def from_unconstrained(self, unconstrained: ExponentialParams) -> ExponentialParams:
-        return ExponentialParams(jnp.exp(unconstrained.rates))

@@ -148,12 +148,5 @@ class Gamma(ConjugateComponents):
                 "shift the zeros and negative values first."
             )
 
-    def to_unconstrained(self, params: GammaParams) -> GammaParams:
-        """Log-shapes and log-means."""
-        return GammaParams(jnp.log(params.shapes), jnp.log(params.means))
-
-    def from_unconstrained(self, unconstrained: GammaParams) -> GammaParams:
-        return GammaParams(jnp.exp(unconstrained.shapes), jnp.exp(unconstrained.means))
-
 
 __all__ = ["Gamma", "GammaParams", "GammaStats", "approximate_shape"]

@@ -28,8 +28,8 @@ from jax.scipy.linalg import solve_triangular
 
 from jaxem import init as initializers
 from jaxem.core.constraints import Positive, Real, UpperCholesky
-from jaxem.core.estep import default_chunk_size, reduce_chunks
-from jaxem.core.model import ConjugateComponents
+from jaxem.core.model import ConjugateComponents, NoConditionalMStep
+from jaxem.core.rows import default_chunk_size, reduce_chunks
 
 Array = jax.Array
 
@@ -372,6 +372,26 @@ class Gaussian(ConjugateComponents):
             means, cov = self.prior.m_step(self.covariance_type, params.means, stats)
         return GaussianParams(means, self.precision_cholesky_from_covariances(cov))
 
+    def m_step_given(
+        self, params: GaussianParams, stats: GaussianStats, frozen: GaussianParams
+    ) -> GaussianParams:
+        """The exact M-step with the blocks marked in ``frozen`` (bools) held.
+
+        The statistics are accumulated about the previous means, so with the means held the
+        covariances are re-estimated about them by dropping the first moment; the means' update
+        does not depend on the covariances. Under a prior the MAP covariance depends on the MAP
+        mean, so holding the means there has no closed form.
+        """
+        if frozen.means and self.prior is not None:
+            raise NoConditionalMStep("Gaussian with a prior and frozen means")
+        if frozen.means:
+            stats = stats._replace(first=jnp.zeros_like(stats.first))
+        new = self.m_step(params, stats)
+        return GaussianParams(
+            params.means if frozen.means else new.means,
+            params.precision_cholesky if frozen.precision_cholesky else new.precision_cholesky,
+        )
+
     def log_prior(self, params: GaussianParams) -> Array:
         if self.prior is None:
             return jnp.zeros((), params.means.dtype)
@@ -411,23 +431,6 @@ class Gaussian(ConjugateComponents):
             flipped = jnp.flip(precisions, axis=(-2, -1))
             return GaussianParams(means, jnp.flip(jnp.linalg.cholesky(flipped), axis=(-2, -1)))
         return GaussianParams(means, jnp.sqrt(precisions))
-
-    def to_unconstrained(self, params: GaussianParams) -> GaussianParams:
-        """The precision Cholesky factor with its (positive) diagonal in log space."""
-        u = params.precision_cholesky
-        if self.covariance_type in ("full", "tied"):
-            on_diagonal = jnp.eye(u.shape[-1], dtype=bool)
-            log_diagonal = jnp.log(jnp.where(on_diagonal, u, 1))
-            return GaussianParams(params.means, jnp.where(on_diagonal, log_diagonal, u))
-        return GaussianParams(params.means, jnp.log(u))
-
-    def from_unconstrained(self, unconstrained: GaussianParams) -> GaussianParams:
-        """Inverse of :meth:`to_unconstrained`."""
-        u = unconstrained.precision_cholesky
-        if self.covariance_type in ("full", "tied"):
-            on_diagonal = jnp.eye(u.shape[-1], dtype=bool)
-            return GaussianParams(unconstrained.means, jnp.where(on_diagonal, jnp.exp(u), u))
-        return GaussianParams(unconstrained.means, jnp.exp(u))
 
     def sample(self, key: Array, params: GaussianParams, labels: Array) -> Array:
         """One draw from component ``labels[i]`` for each ``i``, shape ``[len(labels), D]``."""

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
 
-from jaxem.core.constraints import Simplex
+from jaxem.core.constraints import Simplex, floored_log
 from jaxem.models.closed_form import (
     ChunkConjugateComponents,
     check_at_least_one,
@@ -25,7 +25,6 @@ from jaxem.models.closed_form import (
     check_non_negative_integers,
     check_num_components,
     divide_or_keep,
-    floored_log,
     init_from_responsibilities,
 )
 
@@ -118,10 +117,3 @@ class Multinomial(ChunkConjugateComponents):
 
     def constraints(self) -> MultinomialParams:
         return MultinomialParams(Simplex())
-
-    def to_unconstrained(self, params: MultinomialParams) -> MultinomialParams:
-        """Log-probabilities."""
-        return MultinomialParams(floored_log(params.probs))
-
-    def from_unconstrained(self, unconstrained: MultinomialParams) -> MultinomialParams:
-        return MultinomialParams(jax.nn.softmax(unconstrained.probs, axis=-1))

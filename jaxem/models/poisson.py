@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
 
-from jaxem.core.constraints import Positive
+from jaxem.core.constraints import Positive, floored_log
 from jaxem.models.closed_form import (
     ChunkConjugateComponents,
     check_gamma_prior,
@@ -24,7 +24,6 @@ from jaxem.models.closed_form import (
     check_non_negative_integers,
     check_num_components,
     divide_or_keep,
-    floored_log,
     gamma_log_prior,
     init_from_responsibilities,
 )
@@ -109,10 +108,3 @@ class Poisson(ChunkConjugateComponents):
 
     def constraints(self) -> PoissonParams:
         return PoissonParams(Positive())
-
-    def to_unconstrained(self, params: PoissonParams) -> PoissonParams:
-        """Log-rates."""
-        return PoissonParams(floored_log(params.rates))
-
-    def from_unconstrained(self, unconstrained: PoissonParams) -> PoissonParams:
-        return PoissonParams(jnp.exp(unconstrained.rates))

@@ -179,10 +179,3 @@ class LinearRegression(ChunkConjugateComponents):
 
     def constraints(self) -> RegressionParams:
         return RegressionParams(None, None, Positive(self.reg_variance))
-
-    def to_unconstrained(self, params: RegressionParams) -> RegressionParams:
-        """Log-variances (coefficients and intercepts are unconstrained)."""
-        return params._replace(variances=jnp.log(params.variances))
-
-    def from_unconstrained(self, unconstrained: RegressionParams) -> RegressionParams:
-        return unconstrained._replace(variances=jnp.exp(unconstrained.variances))
