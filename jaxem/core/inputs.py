@@ -163,6 +163,19 @@ def check_iterations(max_iter: int, tol: float) -> None:
         raise ValueError(f"tol must be a non-negative number, got {tol!r}.")
 
 
+def first_row(x: Any) -> Any:
+    """The first row of ``x`` converted as :func:`prepare_data` converts the data (its dtypes, and
+    the warning when float64 meets 32-bit mode), for drivers that read the rows themselves; a
+    missing value (NaN) is set to 0, since the row only stands for the shapes and dtypes.
+
+    Example:
+        >>> first_row(np.array([[np.nan, 1.0], [2.0, 3.0]])).tolist()
+        [[0.0, 1.0]]
+    """
+    head = jax.tree.map(lambda a: np.nan_to_num(np.asarray(a[:1]), nan=0.0), x)
+    return prepare_data(head, None)[0]
+
+
 def model_data(model: Any, x: Any, row_weights: Any = None) -> tuple[Any, Array | None]:
     """:func:`prepare_data` for ``model``: NaN marks a missing value where the model handles
     missing values (``model.handles_missing``)."""
@@ -200,6 +213,7 @@ __all__ = [
     "all_finite_leaf",
     "check_iterations",
     "check_missing",
+    "first_row",
     "is_key",
     "is_single_key",
     "model_data",

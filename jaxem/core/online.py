@@ -78,18 +78,18 @@ class OnlineEM:
     mstep: ClosedForm = ClosedForm()  # noqa: RUF009  (frozen: one shared instance is safe)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.mstep, ClosedForm):
+            raise ValueError(
+                f"OnlineEM takes a jaxem.ClosedForm M-step (with frozen parameters if wanted), "
+                f"got {type(self.mstep).__name__}: a gradient M-step has no statistics to "
+                "average. Fit such a model with exact EM (jaxem.fit or fit_stream)."
+            )
         if not isinstance(self.model, Mixture) or not isinstance(
             self.model.components, ConjugateComponents
         ):
             raise ValueError(
                 "OnlineEM needs a jaxem.Mixture of components with a closed-form M-step "
                 "(ConjugateComponents): online EM averages their statistics."
-            )
-        if not isinstance(self.mstep, ClosedForm):
-            raise ValueError(
-                f"OnlineEM takes a jaxem.ClosedForm M-step (with frozen parameters if wanted), "
-                f"got {type(self.mstep).__name__}: a gradient M-step has no statistics to "
-                "average. Fit such a model with exact EM (jaxem.fit or fit_stream)."
             )
         if not 0.5 < self.step_exponent <= 1:
             raise ValueError(

@@ -31,6 +31,7 @@ from jaxem.core.algorithm import EM
 from jaxem.core.estep import num_rows
 from jaxem.core.inputs import (
     check_iterations,
+    first_row,
     is_key,
     num_lanes,
     prepare_data,
@@ -193,8 +194,7 @@ def place_rows(x: Any, weights: Any, mesh: Mesh) -> PlacedRows:
             )
     # The first row goes through the engine's own checks, which also convert the dtype (and warn
     # when float64 data meet JAX's 32-bit mode).
-    head = jax.tree.map(lambda a: a[:1], x)
-    dtypes = [leaf.dtype for leaf in jax.tree.leaves(prepare_data(head)[0])]
+    dtypes = [leaf.dtype for leaf in jax.tree.leaves(first_row(x))]
 
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils

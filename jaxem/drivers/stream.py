@@ -29,7 +29,7 @@ import numpy as np
 from jaxem import io
 from jaxem.core.algorithm import EM
 from jaxem.core.estep import num_rows
-from jaxem.core.inputs import check_iterations, is_key, prepare_data
+from jaxem.core.inputs import check_iterations, first_row, is_key
 from jaxem.core.kernel import Status
 from jaxem.core.precision import jit
 from jaxem.core.rows import StreamedRows, chunk_width, default_chunk_size, open_source
@@ -268,7 +268,7 @@ def make_reader(
                 "per row."
             )
         head = jax.tree.map(lambda a: np.asarray(a[:1]), source)
-        first_x, _ = prepare_data(head, None, allow_missing=allow_missing)
+        first_x = first_row(head)
         size = read_size or min(n, DEFAULT_READ_ROWS)
         weighted = row_weights is not None
         weight_sum = float(np.sum(np.asarray(row_weights, np.float64))) if weighted else float(n)
@@ -287,7 +287,7 @@ def make_reader(
                 "list of chunks."
             )
         n, weight_sum, weighted, (head, _) = _scan_chunks(chunks, allow_missing)
-        first_x, _ = prepare_data(head, None, allow_missing=allow_missing)
+        first_x = first_row(head)
         size = read_size or n
         read = _Rechunked(chunks, size, weighted)
         check = False  # every value was checked by the scan
