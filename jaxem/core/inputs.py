@@ -85,13 +85,13 @@ def _aliases(placed: Array, host: np.ndarray) -> bool:
 
 
 def prepare_data(
-    x: Any, weights: Any = None, *, allow_missing: bool = False
+    x: Any, row_weights: Any = None, *, allow_missing: bool = False
 ) -> tuple[Any, Array | None]:
-    """Convert data and weights to JAX arrays of one float dtype and check them.
+    """Convert data and row weights to JAX arrays of one float dtype and check them.
 
     Float64 input while JAX's 64-bit mode is off is fitted in float32 and says so with a
     :class:`PrecisionWarning`; integer input becomes the default float type. Raises ``ValueError``
-    for non-finite values, empty data or bad weights. With ``allow_missing`` (for a model whose
+    for non-finite values, empty data or bad row weights. With ``allow_missing`` (for a model whose
     ``handles_missing`` is true) NaN marks a missing value and is kept, but see
     :func:`check_missing`.
     """
@@ -135,19 +135,20 @@ def prepare_data(
         raise ValueError(
             "x contains NaN or infinity: remove or impute those values before fitting."
         )
-    if weights is not None:
+    if row_weights is not None:
         dtype = jax.tree.leaves(x)[0].dtype
-        weights = jnp.asarray(weights, dtype)
-        if weights.shape != (n,):
+        row_weights = jnp.asarray(row_weights, dtype)
+        if row_weights.shape != (n,):
             raise ValueError(
-                f"weights has shape {weights.shape} but x has {n} rows: pass one weight per row."
+                f"weights has shape {row_weights.shape} but x has {n} rows: pass one weight per "
+                "row."
             )
-        finite, non_negative, positive = _weights_ok(weights)
+        finite, non_negative, positive = _weights_ok(row_weights)
         if not bool(finite) or not bool(non_negative):
             raise ValueError("weights must be finite and non-negative.")
         if not bool(positive):
             raise ValueError("weights are all zero: at least one point must have positive weight.")
-    return x, weights
+    return x, row_weights
 
 
 def check_iterations(max_iter: int, tol: float) -> None:

@@ -83,8 +83,8 @@ class Mixture:
         """Whether the components marginalise NaN entries (see :mod:`jaxem.missing`)."""
         return bool(getattr(self.components, "handles_missing", False))
 
-    def init(self, key: Array, x: Any, weights: Array | None) -> MixtureParams:
-        comp = self.components.init(key, x, weights)
+    def init(self, key: Array, x: Any, row_weights: Array | None) -> MixtureParams:
+        comp = self.components.init(key, x, row_weights)
         leaves = jax.tree.leaves(comp)
         dtype = leaves[0].dtype if leaves else jnp.result_type(float)
         k = self.num_components
@@ -108,7 +108,7 @@ class Mixture:
         self,
         params: MixtureParams,
         x: Any,
-        weights: Array | None,
+        row_weights: Array | None,
         reference: MixtureParams | None = None,
     ) -> tuple[MixtureStats, Array]:
         """Statistics of a chunk and its weighted log-likelihood.
@@ -119,13 +119,13 @@ class Mixture:
         """
         log_resp, log_norm = self.log_resp(params, x)
         resp = jnp.exp(log_resp)
-        if weights is not None:
-            resp = jnp.where(weights[:, None] > 0, resp * weights[:, None], 0)
+        if row_weights is not None:
+            resp = jnp.where(row_weights[:, None] > 0, resp * row_weights[:, None], 0)
         comp_stats = None
         if isinstance(self.components, ConjugateComponents):
             about = params if reference is None else reference
             comp_stats = self.components.chunk_stats(about.components, x, resp)
-        return MixtureStats(jnp.sum(resp, axis=0), comp_stats), weighted_sum(log_norm, weights)
+        return MixtureStats(jnp.sum(resp, axis=0), comp_stats), weighted_sum(log_norm, row_weights)
 
     def m_step_weights(self, counts: Array) -> Array:
         alpha = self.weight_concentration
@@ -171,7 +171,7 @@ class Mixture:
         return MixtureParams(True, self.components.closed_form_blocks() if conjugate else False)
 
     def expected_log_joint(
-        self, params: MixtureParams, params_old: MixtureParams, x: Any, weights: Array | None
+        self, params: MixtureParams, params_old: MixtureParams, x: Any, row_weights: Array | None
     ) -> Array:
         """Q(params | params_old) on one chunk, without the prior.
 
@@ -184,11 +184,11 @@ class Mixture:
         log_joint = self.log_joint(params, x)
         # where, not multiply: an empty component (log w = -inf) with zero responsibility adds 0.
         per_point = jnp.sum(jnp.where(resp > 0, resp * log_joint, 0), axis=-1)
-        return weighted_sum(per_point, weights)
+        return weighted_sum(per_point, row_weights)
 
-    def entropy(self, params: MixtureParams, x: Any, weights: Array | None) -> Array:
+    def entropy(self, params: MixtureParams, x: Any, row_weights: Array | None) -> Array:
         """Weighted entropy of the responsibilities on one chunk, H(q) = -sum r log r."""
         log_resp, _ = self.log_resp(params, x)
         resp = jnp.exp(log_resp)
         per_point = -jnp.sum(jnp.where(resp > 0, resp * log_resp, 0), axis=-1)
-        return weighted_sum(per_point, weights)
+        return weighted_sum(per_point, row_weights)

@@ -7,8 +7,8 @@ M-step). :class:`Components` and :class:`ConjugateComponents` are the smaller co
 component densities implements; :class:`jaxem.core.mixture.Mixture` turns them into a model.
 
 Parameters, statistics and data are pytrees. ``x`` is an array, or a pytree of arrays, whose leaves
-share a leading data axis; ``weights`` is ``None`` (every point counts once) or an array of
-non-negative per-point weights along that axis.
+share a leading data axis; ``row_weights`` is ``None`` (every row counts once) or an array of
+non-negative per-row weights along that axis (never to be confused with a mixture's weights).
 
 A model (or a component family, which :class:`~jaxem.core.mixture.Mixture` asks) may also define
 ``prepare_rows(x)``: work on the data alone that a fit does once, before its loop, instead of on
@@ -40,10 +40,10 @@ Data = Any
 class Model(Protocol):
     """What the engine needs of a model (a frozen dataclass, hashed by value)."""
 
-    def init(self, key: Array, x: Data, weights: Array | None) -> Params:
+    def init(self, key: Array, x: Data, row_weights: Array | None) -> Params:
         """Initial parameters drawn with ``key`` from the data."""
 
-    def e_step(self, params: Params, x: Data, weights: Array | None) -> tuple[Stats, Array]:
+    def e_step(self, params: Params, x: Data, row_weights: Array | None) -> tuple[Stats, Array]:
         """Expected statistics of one chunk and the weighted sum of its log-likelihoods."""
 
     def m_step(self, params: Params, stats: Stats) -> Params:
@@ -63,7 +63,7 @@ class Components:
 
     num_components: int
 
-    def init(self, key: Array, x: Data, weights: Array | None) -> Params:
+    def init(self, key: Array, x: Data, row_weights: Array | None) -> Params:
         """Initial component parameters drawn with ``key`` from the data."""
         raise NotImplementedError
 
