@@ -24,10 +24,10 @@ from jaxem.core.inputs import is_key, model_data
 from jaxem.core.kernel import EMKernel, Status, all_finite
 from jaxem.core.online import OnlineEM, OnlineState
 from jaxem.core.precision import jit
-from jaxem.core.rows import Rows, chunk_width, default_chunk_size, open_source
+from jaxem.core.rows import Rows, chunk_width, default_chunk_size
 from jaxem.drivers.fit import FitResult, start_params, take_lane
 from jaxem.drivers.sharded import DATA_AXIS, ShardLayout, place_rows
-from jaxem.drivers.stream import make_reader
+from jaxem.drivers.stream import streamed_rows
 
 Array = jax.Array
 
@@ -244,37 +244,21 @@ def _fit_online_stream(
     num_epochs: int,
     chunk_size: int | None,
 ) -> tuple[FitResult, OnlineState]:
-    from jaxem.core.rows import StreamedRows
-
-    reader, weight_sum = make_reader(source, row_weights, batch_size, online.model)
-    _check_batches(batch_size, num_epochs, reader.num_rows)
-    try:
-        with open_source(reader) as source_id:
-            width = chunk_width(online.model, reader.example)
-            size = chunk_size or default_chunk_size(reader.read_size, width)
-            rows = StreamedRows.describe(
-                source_id,
-                jax.tree.map(lambda a: a[0], reader.example),
-                reader.num_rows,
-                reader.read_size,
-                reader.weighted,
-                weight_sum,
-                size,
-            )
-            if is_key(init) or not isinstance(init, OnlineState):
-                init = _initial_state(online, init, rows)
-                reader.raise_failure()
-            state, history = init, []
-            for _ in range(num_epochs):
-                for block in range(reader.num_blocks):
-                    xb, wb = reader.read(block, reader.read_size)
-                    reader.raise_failure()
-                    state, log_likelihood = _step(online, state, xb, wb, size)
-                    history.append(log_likelihood)
-            log_likelihood = _log_likelihood(online.model, state.params, rows)
+    model = online.model
+    with streamed_rows(source, row_weights, batch_size, model, chunk_size) as (reader, rows):
+        _check_batches(batch_size, num_epochs, reader.num_rows)
+        if not isinstance(init, OnlineState):
+            init = _initial_state(online, init, rows)
             reader.raise_failure()
-    finally:
-        reader.close()
+        state, history = init, []
+        for _ in range(num_epochs):
+            for block in range(reader.num_blocks):
+                xb, wb = reader.read(block, reader.read_size)
+                reader.raise_failure()
+                state, log_likelihood = _step(online, state, xb, wb, rows.chunk_size)
+                history.append(log_likelihood)
+        log_likelihood = _log_likelihood(model, state.params, rows)
+        reader.raise_failure()
     return _result(state, log_likelihood, jnp.stack(history)), state
 
 

@@ -296,6 +296,33 @@ def make_reader(
     return reader, weight_sum
 
 
+@contextmanager
+def streamed_rows(
+    source: Any, row_weights: Any, read_size: int | None, model: Any, chunk_size: int | None = None
+) -> Iterator[tuple[HostReader, StreamedRows]]:
+    """Open ``source`` for the programs run inside the block: its reader, and the
+    :class:`jaxem.core.rows.StreamedRows` that read it (blocks of ``read_size`` rows, reduced in
+    chunks of ``chunk_size``, by default the in-memory fit's size)."""
+    reader, weight_sum = make_reader(source, row_weights, read_size, model)
+    try:
+        with open_source(reader) as source_id:
+            width = chunk_width(model, reader.example)
+            yield (
+                reader,
+                StreamedRows.describe(
+                    source_id,
+                    jax.tree.map(lambda a: a[0], reader.example),
+                    reader.num_rows,
+                    reader.read_size,
+                    reader.weighted,
+                    weight_sum,
+                    chunk_size or default_chunk_size(reader.read_size, width),
+                ),
+            )
+    finally:
+        reader.close()
+
+
 # ---- the programs -------------------------------------------------------------------------------
 
 
@@ -396,25 +423,10 @@ def fit_stream(
     check_iterations(max_iter, tol)
     if progress:
         _tqdm()  # fail before any work when tqdm is missing
-    reader, weight_sum = make_reader(source, row_weights, algo.chunk_size, algo.model)
-    kernel = algo.kernel
-    try:
-        with open_source(reader) as source_id:
-            width = chunk_width(algo.model, reader.example)
-            rows = StreamedRows.describe(
-                source_id,
-                jax.tree.map(lambda a: a[0], reader.example),
-                reader.num_rows,
-                reader.read_size,
-                reader.weighted,
-                weight_sum,
-                default_chunk_size(reader.read_size, width),
-            )
-            return _fit_stream(
-                kernel, init, rows, reader, max_iter, tol, checkpoint, progress, verbose
-            )
-    finally:
-        reader.close()
+    with streamed_rows(source, row_weights, algo.chunk_size, algo.model) as (reader, rows):
+        return _fit_stream(
+            algo.kernel, init, rows, reader, max_iter, tol, checkpoint, progress, verbose
+        )
 
 
 def _fit_stream(
@@ -479,4 +491,11 @@ def _fit_stream(
     )
 
 
-__all__ = ["DEFAULT_READ_ROWS", "HostReader", "as_chunk", "fit_stream", "make_reader"]
+__all__ = [
+    "DEFAULT_READ_ROWS",
+    "HostReader",
+    "as_chunk",
+    "fit_stream",
+    "make_reader",
+    "streamed_rows",
+]
