@@ -123,11 +123,11 @@ __all__ = [
 def __getattr__(name: str):
     # The estimators import scikit-learn when it is installed: load them on first use only.
     if name in ("GaussianMixture", "MixtureModel", "SemiSupervisedMixture"):
-        from jaxem import sklearn
+        from jaxem.estimators import mixture
 
-        return getattr(sklearn, name)
+        return getattr(mixture, name)
     if name in ("GaussianHMM", "CategoricalHMM", "PoissonHMM", "HMM"):
-        from jaxem.hmm import estimators
+        from jaxem.estimators import hmm
 
-        return getattr(estimators, name)
+        return getattr(hmm, name)
     raise AttributeError(f"module 'jaxem' has no attribute {name!r}")

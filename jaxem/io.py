@@ -53,8 +53,8 @@ _BUILTIN_MODULES = (
     "jaxem.labels",
     "jaxem.missing",
     "jaxem.hmm",
-    "jaxem.hmm.estimators",
-    "jaxem.sklearn",
+    "jaxem.estimators.mixture",
+    "jaxem.estimators.hmm",
 )
 _builtins_loaded = False
 

@@ -169,7 +169,7 @@ def test_errors_name_the_problem():
         model = GaussianHMM(2, init_params="smc")
         model.transmat_ = np.ones((2, 2))
         model.fit(np.random.default_rng(0).normal(size=(10, 1)))
-    with pytest.raises(jaxem.sklearn.NotFittedError):
+    with pytest.raises(jaxem.estimators.NotFittedError):
         GaussianHMM(2).predict(x)
 
 

@@ -7,8 +7,9 @@ import pytest
 import scipy.sparse
 
 import jaxem
-import jaxem.sklearn
-from jaxem.sklearn import GaussianMixture, MixtureModel
+import jaxem.estimators.base
+import jaxem.estimators.mixture
+from jaxem.estimators import GaussianMixture, MixtureModel
 
 X = np.random.default_rng(0).normal(size=(20, 2))
 
@@ -20,8 +21,8 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("work started before validation finished")
 
-    monkeypatch.setattr(jaxem.sklearn, "prepare_data", refuse)
-    monkeypatch.setattr(jaxem.sklearn, "fit_restarts", refuse)
+    monkeypatch.setattr(jaxem.estimators.mixture, "prepare_data", refuse)
+    monkeypatch.setattr(jaxem.estimators.base, "fit_restarts", refuse)
 
 
 @contextmanager
@@ -255,9 +256,9 @@ def test_unfitted_estimator_refuses_to_predict():
         "before using this estimator."
     )
     for method in ("predict", "predict_proba", "score_samples", "score", "bic", "aic"):
-        with raises_exactly(jaxem.sklearn.NotFittedError, message):
+        with raises_exactly(jaxem.estimators.NotFittedError, message):
             getattr(GaussianMixture(2), method)(X)
-    with raises_exactly(jaxem.sklearn.NotFittedError, message):
+    with raises_exactly(jaxem.estimators.NotFittedError, message):
         GaussianMixture(2).sample(3)
 
 

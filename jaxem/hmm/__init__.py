@@ -17,7 +17,6 @@ _ESTIMATORS = (
     "CategoricalHMM",
     "ConvergenceMonitor",
     "GaussianHMM",
-    "GaussianParts",
     "PoissonHMM",
 )
 
@@ -26,7 +25,6 @@ __all__ = [
     "CategoricalHMM",
     "ConvergenceMonitor",
     "GaussianHMM",
-    "GaussianParts",
     "HMMParams",
     "HMMStats",
     "HiddenMarkovModel",
@@ -47,7 +45,7 @@ __all__ = [
 def __getattr__(name: str):
     # The estimators import scikit-learn when it is installed: load them on first use only.
     if name in _ESTIMATORS:
-        from jaxem.hmm import estimators
+        from jaxem.estimators import hmm
 
-        return getattr(estimators, name)
+        return getattr(hmm, name)
     raise AttributeError(f"module 'jaxem.hmm' has no attribute {name!r}")
