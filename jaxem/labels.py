@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxem.core.estep import normalize_log, num_rows
-from jaxem.core.model import Components, ConjugateComponents
+from jaxem.core.model import Components, ConjugateComponents, WrappedComponents
 from jaxem.core.rows import default_chunk_size, reduce_chunks
 
 Array = jax.Array
@@ -62,7 +62,7 @@ def check_labels(labels: Any, num_rows_x: int, num_components: int) -> np.ndarra
 
 
 @dataclass(frozen=True)
-class Labelled(Components):
+class Labelled(WrappedComponents):
     """A component family fitted on ``(x, labels)`` with ``labels[n] = -1`` for unknown.
 
     Every attribute the wrapper does not define (``sample``, ``num_free_parameters``,
@@ -105,16 +105,6 @@ class Labelled(Components):
         if isinstance(self.components, Labelled):
             raise ValueError("The components are already Labelled: wrap the family only once.")
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names the wrapper lacks; dunders stay unforwarded for copy and pickle.
-        if name.startswith("__") or name == "components":
-            raise AttributeError(name)
-        return getattr(self.components, name)
-
-    @property
-    def num_components(self) -> int:
-        return self.components.num_components
-
     def data(self, x: Any, labels: Any) -> tuple[Any, np.ndarray]:
         """The pair ``(x, labels)`` to fit on, with the labels checked.
 
@@ -131,12 +121,9 @@ class Labelled(Components):
     def log_prob(self, params: Any, data_one: tuple[Any, Array]) -> Array:
         return self.log_prob_chunk(params, jax.tree.map(lambda a: a[None], data_one))[0]
 
-    def log_prior(self, params: Any) -> Array:
-        return self.components.log_prior(params)
-
-    def init(self, key: Array, data: tuple[Any, Array], weights: Array | None) -> Any:
+    def init(self, key: Array, data: tuple[Any, Array], row_weights: Array | None) -> Any:
         x, labels = data
-        start = self.components.init(key, x, weights)
+        start = self.components.init(key, x, row_weights)
         if not isinstance(self.components, ConjugateComponents):
             return start
         k = self.num_components
@@ -148,7 +135,7 @@ class Labelled(Components):
             return jnp.sum(onehot if wc is None else onehot * wc[:, None], axis=0)
 
         start_dtype = jax.tree.leaves(start)[0].dtype
-        has_labels = reduce_chunks(label_counts, labels, weights, chunk_size) > 0
+        has_labels = reduce_chunks(label_counts, labels, row_weights, chunk_size) > 0
 
         def chunk(dc: tuple[Any, Array], wc: Array | None, _: Array) -> Any:
             xc, lc = dc
@@ -162,7 +149,7 @@ class Labelled(Components):
                 resp = jnp.where(wc[:, None] > 0, resp * wc[:, None], 0)
             return self.components.chunk_stats(start, xc, resp)
 
-        stats = reduce_chunks(chunk, data, weights, chunk_size)
+        stats = reduce_chunks(chunk, data, row_weights, chunk_size)
         supervised = self.components.m_step(start, stats)
         any_labels = jnp.any(has_labels)
         return jax.tree.map(lambda s, u: jnp.where(any_labels, s, u), supervised, start)

@@ -48,7 +48,7 @@ from jax import lax
 
 from jaxem.core.inputs import check_missing
 from jaxem.core.mixture import Mixture, MixtureParams
-from jaxem.core.model import Components, ConjugateComponents
+from jaxem.core.model import Components, ConjugateComponents, WrappedComponents
 from jaxem.core.precision import jit
 from jaxem.core.rows import default_chunk_size, reduce_chunks
 from jaxem.models.bernoulli import Bernoulli
@@ -78,7 +78,7 @@ def observed_mask(x: Array) -> Array:
     return ~jnp.isnan(x)
 
 
-def fill_column_means(x: Array, weights: Array | None = None) -> Array:
+def fill_column_means(x: Array, row_weights: Array | None = None) -> Array:
     """``x`` with each NaN replaced by the (weighted) mean of the observed values of its column.
 
     Used for the first parameters only; the fit itself never imputes. A copy is returned.
@@ -96,7 +96,7 @@ def fill_column_means(x: Array, weights: Array | None = None) -> Array:
         counts = jnp.where(oc, w[:, None], 0)
         return jnp.sum(jnp.where(oc, xc, 0) * counts, axis=0), jnp.sum(counts, axis=0)
 
-    total, count = reduce_chunks(sums, x, weights, default_chunk_size(x.shape[0], x.shape[1]))
+    total, count = reduce_chunks(sums, x, row_weights, default_chunk_size(x.shape[0], x.shape[1]))
     return jnp.where(observed, x, total / jnp.where(count > 0, count, 1))
 
 
@@ -164,7 +164,7 @@ def is_factorised(components: Components) -> bool:
 
 
 @dataclass(frozen=True)
-class MissingValues(ConjugateComponents):
+class MissingValues(WrappedComponents, ConjugateComponents):
     """A component family fitted on data whose missing entries are NaN.
 
     ``MissingValues(family)`` is a :class:`MissingGaussian`, :class:`MissingCodes` (categorical)
@@ -206,25 +206,6 @@ class MissingValues(ConjugateComponents):
                 "factorised_features = True on them). Impute or drop the missing entries instead."
             )
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names the wrapper lacks; dunders stay unforwarded for copy and pickle.
-        if name.startswith("__") or name == "components":
-            raise AttributeError(name)
-        return getattr(self.components, name)
-
-    @property
-    def num_components(self) -> int:
-        return self.components.num_components
-
-    def log_prior(self, params: Any) -> Array:
-        return self.components.log_prior(params)
-
-    def constraints(self) -> Any:
-        return self.components.constraints()
-
-    def closed_form_blocks(self) -> Any:
-        return self.components.closed_form_blocks()
-
     def m_step(self, params: Any, stats: Any) -> Any:
         return self.components.m_step(params, stats)
 
@@ -234,9 +215,9 @@ class MissingValues(ConjugateComponents):
     def log_prob(self, params: Any, x_one: Array) -> Array:
         return self.log_prob_chunk(params, x_one[None])[0]
 
-    def init(self, key: Array, x: Array, weights: Array | None) -> Any:
+    def init(self, key: Array, x: Array, row_weights: Array | None) -> Any:
         """The family's first parameters, estimated on the data with column means filled in."""
-        return self.components.init(key, fill_column_means(x, weights), weights)
+        return self.components.init(key, fill_column_means(x, row_weights), row_weights)
 
     def check_data(self, x: Any) -> None:
         """The family's own data check (if it has one) on the observed entries."""
@@ -383,9 +364,9 @@ class MissingCodes(MissingValues):
     def chunk_stats(self, params: Any, x: Array, resp: Array) -> Any:
         return self.components.chunk_stats(params, self._codes(x), resp)
 
-    def init(self, key: Array, x: Array, weights: Array | None) -> Any:
+    def init(self, key: Array, x: Array, row_weights: Array | None) -> Any:
         """The family's first parameters, with missing codes left out of its one-hot features."""
-        return self.components.init(key, self._codes(x), weights)
+        return self.components.init(key, self._codes(x), row_weights)
 
     def impute_chunk(self, params: Any, x: Array, resp: Array) -> Array:
         """The most probable level of each missing code under the row's posterior predictive."""

@@ -7,6 +7,7 @@ M-step can be compared with it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,8 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxem.core.accelerate import from_unconstrained, to_unconstrained
 from jaxem.core.algorithm import em
-from jaxem.core.inputs import prepare_data
+from jaxem.core.inputs import model_data
+from jaxem.core.kernel import Status
 from jaxem.core.mixture import Mixture
 from jaxem.core.model import Components, ConjugateComponents
 from jaxem.core.mstep import ClosedForm, Gradient
@@ -43,8 +46,8 @@ class GradientOnly(Components):
     def num_components(self) -> int:  # type: ignore[override]
         return self.family.num_components
 
-    def init(self, key: Array, x: Any, weights: Array | None) -> Any:
-        return self.family.init(key, x, weights)
+    def init(self, key: Array, x: Any, row_weights: Array | None) -> Any:
+        return self.family.init(key, x, row_weights)
 
     def log_prob(self, params: Any, x_one: Any) -> Array:
         return self.family.log_prob(params, x_one)
@@ -110,10 +113,24 @@ def _close(a: Any, b: Any, rtol: float, atol: float, what: str) -> None:
         )
 
 
+def _fit_until_converged(
+    algo: Any, params: Any, x: Any, row_weights: Any, max_iter: int, total: int
+) -> Any:
+    """Fits of ``max_iter`` iterations (one compiled program), each from the last one's
+    parameters, until one converges at ``tol=1e-12`` or ``total`` iterations have run."""
+    done = 0
+    while True:
+        result = fit(algo, params, x, row_weights, max_iter=max_iter, tol=1e-12)
+        done += int(result.num_iters)
+        if int(result.status) != int(Status.MAX_ITER) or done >= total:
+            return result
+        params = result.params
+
+
 def check_model(
     model: Any,
     x: Any,
-    weights: Any = None,
+    row_weights: Any = None,
     *,
     mstep: Any = None,
     key: Array | None = None,
@@ -126,12 +143,16 @@ def check_model(
     """Check the engine's contract on ``model`` and data ``x``; raise ``AssertionError`` if broken.
 
     Checks: the objective never decreases (over ``num_restarts`` seeds); restart lane ``i`` equals
-    the single fit from key ``i``; a fit with chunks of ``chunk_size`` rows equals the whole-data
-    fit; jit equals no jit for one EM step; the data's dtype is kept; a second fit with the same
-    settings does not compile again; and, for a :class:`Mixture` of :class:`ConjugateComponents`
-    with ``fixed_point=True``, the gradient M-step on the family without its closed form reaches
-    the closed-form fixed point (log-likelihood within ``rtol``).
+    the single fit from key ``i``; the data's dtype is kept; the fitted parameters come back from
+    the unconstrained space of ``model.constraints()`` unchanged; a fit with chunks of
+    ``chunk_size`` rows equals the whole-data fit from the same parameters; second fits with equal
+    configurations (copies of the model), from another key or other parameters, do not compile
+    again; jit equals no jit for one EM step; and, for a :class:`Mixture` of
+    :class:`ConjugateComponents` with ``fixed_point=True``, the gradient M-step on the family
+    without its closed form reaches the closed-form fixed point (log-likelihood within ``rtol``)
+    from the same start. The later checks start from ``model.init`` with the first key.
 
+    NaN marks a missing value where the model handles missing values (``model.handles_missing``).
     Run it with float64 enabled for tight tolerances.
 
     Example:
@@ -140,7 +161,7 @@ def check_model(
         >>> x = jax.random.normal(jax.random.key(0), (60, 2))
         >>> check_model(jaxem.Mixture(jaxem.Gaussian(2, "diag")), x, fixed_point=False)
     """
-    x, weights = prepare_data(x, weights)
+    x, row_weights = model_data(model, x, row_weights)
     key = jax.random.key(0) if key is None else key
     algo = em(model, mstep)
     dtype = jax.tree.leaves(x)[0].dtype
@@ -148,10 +169,10 @@ def check_model(
 
     # Restarts: monotone, and lane i == single fit i.
     keys = jax.random.split(key, num_restarts)
-    _, lanes = fit_restarts(algo, keys, x, weights, max_iter=max_iter, tol=0.0)
+    _, lanes = fit_restarts(algo, keys, x, row_weights, max_iter=max_iter, tol=0.0)
     for i in range(num_restarts):
         _monotone(lanes.history[i], int(lanes.num_iters[i]), tight)
-    single = fit(algo, keys[1 % num_restarts], x, weights, max_iter=max_iter, tol=0.0)
+    single = fit(algo, keys[1 % num_restarts], x, row_weights, max_iter=max_iter, tol=0.0)
     lane = jax.tree.map(lambda a: a[1 % num_restarts], lanes)
     _close(
         single.params,
@@ -167,24 +188,44 @@ def check_model(
             assert leaf.dtype == dtype, f"parameters came back as {leaf.dtype}, data is {dtype}"
     assert single.history.dtype == dtype, f"history came back as {single.history.dtype}"
 
-    # Chunked == whole: the single fit above read the data in one chunk.
-    chunked_algo = dataclasses.replace(algo, chunk_size=chunk_size)
-    key_one = keys[1 % num_restarts]
-    chunked = fit(chunked_algo, key_one, x, weights, max_iter=max_iter, tol=0.0)
+    # The unconstrained map of the declared constraints round-trips the fitted parameters.
+    back = jax.jit(lambda p: from_unconstrained(model, to_unconstrained(model, p)))(single.params)
     _close(
         single.params,
+        back,
+        1e-9 if dtype == jnp.float64 else 1e-4,
+        tight,
+        "parameters and their unconstrained round trip",
+    )
+
+    # Chunked == whole, from the parameters drawn with key 0 (the whole-data fit reads the data in
+    # one chunk and runs the single fit's program).
+    start = jax.jit(model.init)(keys[0], x, row_weights)  # traceable, as in every driver
+    chunked_algo = dataclasses.replace(algo, chunk_size=chunk_size)
+    whole = fit(algo, start, x, row_weights, max_iter=max_iter, tol=0.0)
+    chunked = fit(chunked_algo, start, x, row_weights, max_iter=max_iter, tol=0.0)
+    _close(
+        whole.params,
         chunked.params,
         1e-7 if dtype == jnp.float64 else 1e-3,
         tight,
         "chunked and whole-data parameters",
     )
 
+    # No recompilation on second fits with equal (not identical) configurations: copies of the
+    # model and its parts, from another key and from the fitted parameters.
+    copy_whole = dataclasses.replace(algo, model=copy.deepcopy(model))
+    copy_chunked = dataclasses.replace(chunked_algo, model=copy.deepcopy(model))
+    with count_compilations() as compiled:
+        fit(copy_whole, keys[0], x, row_weights, max_iter=max_iter, tol=0.0)
+        fit(copy_chunked, whole.params, x, row_weights, max_iter=max_iter, tol=0.0)
+    assert not compiled, f"a second fit compiled again: {compiled}"
+
     # jit == no jit for one step.
-    start = model.init(keys[0], x, weights)
     step = full_precision(algo.step)
     with jax.disable_jit():
-        eager, eager_objective = step(start, x, weights)
-    jitted, jitted_objective = jax.jit(step)(start, x, weights)
+        eager, eager_objective = step(start, x, row_weights)
+    jitted, jitted_objective = jax.jit(step)(start, x, row_weights)
     _close(eager, jitted, 1e-7 if dtype == jnp.float64 else 1e-3, tight, "jit and no-jit steps")
     _close(
         eager_objective,
@@ -194,17 +235,12 @@ def check_model(
         "jit and no-jit objectives",
     )
 
-    # No recompilation on a second fit with an equal (not identical) configuration.
-    with count_compilations() as compiled:
-        fit(dataclasses.replace(chunked_algo), key_one, x, weights, max_iter=max_iter, tol=0.0)
-    assert not compiled, f"a second fit compiled again: {compiled}"
-
     # Gradient M-step reaches the closed-form fixed point.
     components = getattr(model, "components", None)
     if fixed_point and isinstance(model, Mixture) and isinstance(components, ConjugateComponents):
-        exact = fit(em(model, ClosedForm()), start, x, weights, max_iter=1000, tol=1e-12)
+        exact = _fit_until_converged(em(model, ClosedForm()), start, x, row_weights, max_iter, 1000)
         autodiff = em(dataclasses.replace(model, components=gradient_only(components)), Gradient())
-        found = fit(autodiff, start, x, weights, max_iter=1000, tol=1e-12)
+        found = fit(autodiff, start, x, row_weights, max_iter=1000, tol=1e-12)
         a, b = float(exact.log_likelihood), float(found.log_likelihood)
         assert abs(a - b) <= rtol * abs(a), (
             f"the gradient M-step reached log-likelihood {b!r}, the closed form {a!r}"

@@ -6,7 +6,7 @@ from jaxem.core.algorithm import EM, em
 from jaxem.core.inputs import ConvergenceWarning, PrecisionWarning
 from jaxem.core.kernel import EMInfo, EMKernel, EMState, Status
 from jaxem.core.mixture import Mixture, MixtureParams, MixtureStats
-from jaxem.core.model import Components, ConjugateComponents, Model
+from jaxem.core.model import Components, ConjugateComponents, Model, WrappedComponents
 from jaxem.core.mstep import ClosedForm, Gradient, Optimizer
 from jaxem.core.online import OnlineEM, OnlineState
 from jaxem.core.rows import Rows, StreamedRows
@@ -34,6 +34,7 @@ __all__ = [
     "SquaremKernel",
     "Status",
     "StreamedRows",
+    "WrappedComponents",
     "constraints",
     "em",
     "squarem",

@@ -1,8 +1,7 @@
 """The contracts between the engine and a model.
 
 A *model* is anything the engine can run EM on: it initialises parameters, turns a chunk of data
-into
-additive expected statistics (the E-step), and turns summed statistics into new parameters (the
+into additive expected statistics (the E-step), and turns summed statistics into new parameters (the
 M-step). :class:`Components` and :class:`ConjugateComponents` are the smaller contracts a family of
 component densities implements; :class:`jaxem.core.mixture.Mixture` turns them into a model.
 
@@ -101,9 +100,9 @@ class ConjugateComponents(Components):
     """Components with a closed-form M-step.
 
     :meth:`suff_stats` maps one datum and its (weighted) responsibilities to statistics that add
-    over
-    data. It receives the current parameters so that a family can accumulate about a shift close to
-    the answer (the Gaussian accumulates about the previous means, which keeps float32 accurate).
+    over data. It receives the current parameters so that a family can accumulate about a shift
+    close to the answer (the Gaussian accumulates about the previous means, which keeps float32
+    accurate).
     :meth:`m_step` maps the summed statistics to the exact maximiser of Q (plus the log prior).
     """
 
@@ -124,6 +123,37 @@ class ConjugateComponents(Components):
         """Every block by default; a family whose ``m_step`` updates only some blocks (and passes
         the others through) marks the others ``False`` so the gradient M-step optimises them."""
         return True
+
+
+class WrappedComponents(Components):
+    """Base of a family that wraps another (``components``) and changes how it sees the data.
+
+    Every attribute the wrapper does not define is the wrapped family's; the parameters, the log
+    prior, the constraints and the closed-form blocks are the wrapped family's too (the base class
+    defines those, so they would otherwise not be forwarded). Rows prepared by the wrapped family
+    are not: the wrapper's data differ.
+    """
+
+    components: Components
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names the wrapper lacks; dunders stay unforwarded for copy and pickle.
+        if name.startswith("__") or name == "components":
+            raise AttributeError(name)
+        return getattr(self.components, name)
+
+    @property
+    def num_components(self) -> int:
+        return self.components.num_components
+
+    def log_prior(self, params: Params) -> Array:
+        return self.components.log_prior(params)
+
+    def constraints(self) -> Any:
+        return self.components.constraints()
+
+    def closed_form_blocks(self) -> Any:
+        return self.components.closed_form_blocks()
 
 
 class NoConditionalMStep(Exception):

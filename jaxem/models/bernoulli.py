@@ -96,9 +96,9 @@ class Bernoulli(ChunkConjugateComponents):
             lp = lp + (b - 1.0) * jnp.sum(floored_log1m(params.probs))
         return lp
 
-    def init(self, key: Array, x: Array, weights: Array | None) -> BernoulliParams:
+    def init(self, key: Array, x: Array, row_weights: Array | None) -> BernoulliParams:
         reference = BernoulliParams(jnp.full((self.num_components, x.shape[1]), 0.5, x.dtype))
-        return init_from_responsibilities(self, key, x, weights, reference)
+        return init_from_responsibilities(self, key, x, row_weights, reference)
 
     def sample(self, key: Array, params: BernoulliParams, labels: Array) -> Array:
         """One draw per entry of ``labels`` (component indices), shape ``[n, D]``."""

@@ -161,14 +161,14 @@ class Categorical(ChunkConjugateComponents):
         shape = (self.num_components, *mask.shape)
         return CategoricalParams(jnp.broadcast_to(jnp.asarray(uniform, dtype), shape))
 
-    def init(self, key: Array, x: Array, weights: Array | None) -> CategoricalParams:
+    def init(self, key: Array, x: Array, row_weights: Array | None) -> CategoricalParams:
         dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)
 
         def flat_one_hot(xc: Array) -> Array:
             return self.one_hot(xc, dtype).reshape(xc.shape[0], -1)
 
         reference = self.uniform_params(dtype)
-        return init_from_responsibilities(self, key, x, weights, reference, flat_one_hot)
+        return init_from_responsibilities(self, key, x, row_weights, reference, flat_one_hot)
 
     def sample(self, key: Array, params: CategoricalParams, labels: Array) -> Array:
         """Integer codes, one row per entry of ``labels`` (component indices), shape ``[n, D]``."""

@@ -108,7 +108,7 @@ def init_from_responsibilities(
     components: ConjugateComponents,
     key: Array,
     x: Any,
-    weights: Array | None,
+    row_weights: Array | None,
     reference: Any,
     features: Callable[[Any], Array] | None = None,
     m_step: Callable[[Any, Any], Any] | None = None,
@@ -135,10 +135,10 @@ def init_from_responsibilities(
 
     else:
         key_rows, key_seed = jax.random.split(key)
-        sample, sample_weights = x, weights
+        sample, sample_weights = x, row_weights
         if n > initializers.KMEANS_PLUSPLUS_MAX_ROWS:
             # Seed from a weighted sample, so that the features of all rows are never held at once.
-            p = None if weights is None else weights / jnp.sum(weights)
+            p = None if row_weights is None else row_weights / jnp.sum(row_weights)
             idx = jax.random.choice(
                 key_rows, n, (initializers.KMEANS_PLUSPLUS_MAX_ROWS,), replace=True, p=p
             )
@@ -158,5 +158,5 @@ def init_from_responsibilities(
             resp = resp * wc[:, None]
         return components.chunk_stats(reference, xc, resp)
 
-    stats = reduce_chunks(chunk, x, weights, chunk_size)
+    stats = reduce_chunks(chunk, x, row_weights, chunk_size)
     return (components.m_step if m_step is None else m_step)(reference, stats)

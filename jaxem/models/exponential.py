@@ -89,9 +89,9 @@ class Exponential(ChunkConjugateComponents):
         """Gamma(shape, rate) log density summed over every rate, up to its normalising constant."""
         return gamma_log_prior(params.rates, self.gamma_prior)
 
-    def init(self, key: Array, x: Array, weights: Array | None) -> ExponentialParams:
+    def init(self, key: Array, x: Array, row_weights: Array | None) -> ExponentialParams:
         reference = ExponentialParams(jnp.ones((self.num_components, x.shape[1]), x.dtype))
-        return init_from_responsibilities(self, key, x, weights, reference)
+        return init_from_responsibilities(self, key, x, row_weights, reference)
 
     def sample(self, key: Array, params: ExponentialParams, labels: Array) -> Array:
         """One draw per entry of ``labels`` (component indices), shape ``[n, D]``."""

@@ -117,10 +117,10 @@ class Gamma(ConjugateComponents):
         counts = jnp.broadcast_to(stats.counts[:, None], stats.sums.shape)
         return GammaParams(params.shapes, divide_or_keep(stats.sums, counts, params.means))
 
-    def init(self, key: Array, x: Array, weights: Array | None) -> GammaParams:
+    def init(self, key: Array, x: Array, row_weights: Array | None) -> GammaParams:
         ones = jnp.ones((self.num_components, x.shape[1]), x.dtype)
         return init_from_responsibilities(
-            self, key, x, weights, GammaParams(ones, ones), m_step=self._first_estimate
+            self, key, x, row_weights, GammaParams(ones, ones), m_step=self._first_estimate
         )
 
     def _first_estimate(self, params: GammaParams, stats: GammaStats) -> GammaParams:

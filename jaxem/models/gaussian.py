@@ -73,8 +73,15 @@ class ExpandedRows(NamedTuple):
     shift: Array
 
 
-def _upper_cholesky_of_inverse(cov: Array) -> Array:
-    """The upper-triangular ``U`` with ``U U^T = cov^-1`` (batched over leading axes)."""
+def upper_cholesky_of_inverse(cov: Array) -> Array:
+    """The upper-triangular ``U`` with ``U U^T = cov^-1`` (batched over leading axes): the
+    precision Cholesky factor of covariances ``cov``, in scikit-learn's convention.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> upper_cholesky_of_inverse(jnp.array([[4.0, 0.0], [0.0, 1.0]])).tolist()
+        [[0.5, 0.0], [0.0, 1.0]]
+    """
     lower = jnp.linalg.cholesky(cov)
     eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
     return jnp.swapaxes(solve_triangular(lower, eye, lower=True), -1, -2)
@@ -401,7 +408,7 @@ class Gaussian(ConjugateComponents):
 
     def precision_cholesky_from_covariances(self, cov: Array) -> Array:
         if self.covariance_type in ("full", "tied"):
-            return _upper_cholesky_of_inverse(cov)
+            return upper_cholesky_of_inverse(cov)
         return 1.0 / jnp.sqrt(cov)
 
     def covariances(self, params: GaussianParams) -> Array:
@@ -486,17 +493,17 @@ class Gaussian(ConjugateComponents):
 
     # ---- initialisation --------------------------------------------------------------------------
 
-    def init(self, key: Array, x: Array, weights: Array | None) -> GaussianParams:
+    def init(self, key: Array, x: Array, row_weights: Array | None) -> GaussianParams:
         k = self.num_components
         chunk_size = default_chunk_size(x.shape[0], k * x.shape[1])
         if self.init_method == "random_resp":
             total = reduce_chunks(
                 lambda xc, wc, _: jnp.sum(xc if wc is None else xc * wc[:, None], axis=0),
                 x,
-                weights,
+                row_weights,
                 chunk_size,
             )
-            norm = x.shape[0] if weights is None else jnp.sum(weights)
+            norm = x.shape[0] if row_weights is None else jnp.sum(row_weights)
             centers = jnp.broadcast_to(total / norm, (k, x.shape[1]))
 
             def resp_fn(xc: Array, rows: Array) -> Array:
@@ -504,11 +511,11 @@ class Gaussian(ConjugateComponents):
 
         else:
             if self.init_method == "kmeans++":
-                centers = initializers.kmeans_plusplus(key, x, weights, k)
+                centers = initializers.kmeans_plusplus(key, x, row_weights, k)
             elif self.init_method == "kmeans":
-                centers = initializers.kmeans(key, x, weights, k, chunk_size=chunk_size)
+                centers = initializers.kmeans(key, x, row_weights, k, chunk_size=chunk_size)
             else:
-                centers = initializers.random_rows(key, x, weights, k)
+                centers = initializers.random_rows(key, x, row_weights, k)
 
             def resp_fn(xc: Array, rows: Array) -> Array:
                 return initializers.nearest_center(xc, centers)
@@ -521,5 +528,5 @@ class Gaussian(ConjugateComponents):
                 resp = resp * wc[:, None]
             return self.chunk_stats(reference, xc, resp)
 
-        stats = reduce_chunks(chunk, x, weights, chunk_size)
+        stats = reduce_chunks(chunk, x, row_weights, chunk_size)
         return self.m_step(reference, stats)

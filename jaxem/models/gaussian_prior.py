@@ -153,7 +153,7 @@ class GaussianPrior:
 
 
 def default_prior(
-    x: Any, num_components: int, covariance_type: str = "full", weights: Any = None
+    x: Any, num_components: int, covariance_type: str = "full", row_weights: Any = None
 ) -> GaussianPrior:
     """mclust's ``defaultPrior``: data mean, shrinkage 0.01, ``dof = D + 2``, and the data
     covariance over ``K^(2/D)`` as the scale (its diagonal for ``diag``, its mean variance for
@@ -171,7 +171,7 @@ def default_prior(
             f"default_prior needs x of shape (n_samples >= 2, n_features), got {x.shape}."
         )
     n, d = x.shape
-    w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+    w = np.ones(n) if row_weights is None else np.asarray(row_weights, dtype=float)
     mean = np.average(x, axis=0, weights=w)
     centred = x - mean
     cov = (w[:, None] * centred).T @ centred / np.sum(w)

@@ -98,12 +98,12 @@ class _GeneralizedLinear(Components):
     def log_prior(self, params: GLMParams) -> Array:
         return _ridge_log_prior(params.coefficients, self.coefficient_precision)
 
-    def init(self, key: Array, x: tuple[Array, Array], weights: Array | None) -> GLMParams:
+    def init(self, key: Array, x: tuple[Array, Array], row_weights: Array | None) -> GLMParams:
         """Weighted least squares of the working target under the responsibilities
         ``init_method`` draws: a cheap start near the right slopes."""
         covariates, target = x
         linear = LinearRegression(self.num_components, self.fit_intercept, 1e-6, self.init_method)
-        start = linear.init(key, (covariates, self.working_target(target)), weights)
+        start = linear.init(key, (covariates, self.working_target(target)), row_weights)
         return GLMParams(start.coefficients, start.intercepts)
 
     def num_free_parameters(self, num_features: int) -> int:
@@ -267,8 +267,8 @@ class GatedMixture:
     def num_components(self) -> int:
         return self.components.num_components
 
-    def init(self, key: Array, x: tuple[Array, Array], weights: Array | None) -> GatedParams:
-        experts = self.components.init(key, x, weights)
+    def init(self, key: Array, x: tuple[Array, Array], row_weights: Array | None) -> GatedParams:
+        experts = self.components.init(key, x, row_weights)
         covariates = x[0]
         k, p = self.num_components, covariates.shape[1]
         gate = GateParams(jnp.zeros((k, p), covariates.dtype), jnp.zeros((k,), covariates.dtype))

@@ -97,7 +97,7 @@ class Multinomial(ChunkConjugateComponents):
             return jnp.zeros((), params.probs.dtype)
         return (alpha - 1.0) * jnp.sum(floored_log(params.probs))
 
-    def init(self, key: Array, x: Array, weights: Array | None) -> MultinomialParams:
+    def init(self, key: Array, x: Array, row_weights: Array | None) -> MultinomialParams:
         k, d = self.num_components, x.shape[1]
         reference = MultinomialParams(jnp.full((k, d), 1.0 / d, x.dtype))
 
@@ -105,7 +105,7 @@ class Multinomial(ChunkConjugateComponents):
             total = jnp.sum(xc, axis=-1, keepdims=True)
             return xc / jnp.where(total > 0, total, 1)
 
-        return init_from_responsibilities(self, key, x, weights, reference, proportions)
+        return init_from_responsibilities(self, key, x, row_weights, reference, proportions)
 
     def num_free_parameters(self, num_features: int) -> int:
         """K x (D - 1) probabilities (mixture weights not included)."""

@@ -148,7 +148,9 @@ class LinearRegression(ChunkConjugateComponents):
             jnp.where(has_points, variances, params.variances).astype(params.variances.dtype),
         )
 
-    def init(self, key: Array, x: tuple[Array, Array], weights: Array | None) -> RegressionParams:
+    def init(
+        self, key: Array, x: tuple[Array, Array], row_weights: Array | None
+    ) -> RegressionParams:
         covariates = x[0]
         k, p = self.num_components, covariates.shape[1]
         dtype = covariates.dtype
@@ -159,7 +161,7 @@ class LinearRegression(ChunkConjugateComponents):
         def joint(xc: tuple[Array, Array]) -> Array:
             return jnp.concatenate([xc[0], xc[1][:, None]], axis=1)
 
-        return init_from_responsibilities(self, key, x, weights, reference, joint)
+        return init_from_responsibilities(self, key, x, row_weights, reference, joint)
 
     def sample(
         self, key: Array, params: RegressionParams, labels: Array, covariates: Array

@@ -24,7 +24,7 @@ from jax.scipy.special import gammaln
 
 from jaxem.core.constraints import Positive, Real, UpperCholesky
 from jaxem.core.model import ConjugateComponents
-from jaxem.models.gaussian import INIT_METHODS, Gaussian, _upper_cholesky_of_inverse
+from jaxem.models.gaussian import INIT_METHODS, Gaussian, upper_cholesky_of_inverse
 
 Array = jax.Array
 
@@ -129,11 +129,11 @@ class StudentT(ConjugateComponents):
         d = means.shape[-1]
         scatter = stats.second - weights[:, None, None] * delta[:, :, None] * delta[:, None, :]
         scale = scatter / counts[:, None, None] + self.reg_covar * jnp.eye(d, dtype=dtype)
-        return StudentTParams(means, _upper_cholesky_of_inverse(scale), params.dof)
+        return StudentTParams(means, upper_cholesky_of_inverse(scale), params.dof)
 
-    def init(self, key: Array, x: Array, weights: Array | None) -> StudentTParams:
+    def init(self, key: Array, x: Array, row_weights: Array | None) -> StudentTParams:
         gaussian = Gaussian(self.num_components, "full", self.reg_covar, self.init_method)
-        start = gaussian.init(key, x, weights)
+        start = gaussian.init(key, x, row_weights)
         dof = jnp.full((self.num_components,), self.dof, x.dtype)
         return StudentTParams(start.means, start.precision_cholesky, dof)
 

@@ -192,13 +192,13 @@ class VonMisesFisher(ConjugateComponents):
             directions.astype(params.directions.dtype), params.concentrations
         )
 
-    def init(self, key: Array, x: Array, weights: Array | None) -> VonMisesFisherParams:
+    def init(self, key: Array, x: Array, row_weights: Array | None) -> VonMisesFisherParams:
         k, d = self.num_components, x.shape[1]
         reference = VonMisesFisherParams(
             jnp.zeros((k, d), x.dtype).at[:, 0].set(1), jnp.ones((k,), x.dtype)
         )
         return init_from_responsibilities(
-            self, key, x, weights, reference, m_step=self._first_estimate
+            self, key, x, row_weights, reference, m_step=self._first_estimate
         )
 
     def _first_estimate(

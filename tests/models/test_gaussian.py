@@ -70,7 +70,8 @@ def test_matches_sklearn_from_same_start(covariance_type, dataset):
 
     assert int(result.status) == jaxem.Status.CONVERGED
     assert int(result.num_iters) == reference.n_iter_
-    history = np.asarray(result.history)[: int(result.num_iters)]
+    # jaxem records totals, scikit-learn means per row.
+    history = np.asarray(result.history)[: int(result.num_iters)] / len(x)
     np.testing.assert_allclose(history, reference.lower_bounds_, rtol=1e-10, atol=0)
     fitted = result.params.components
     np.testing.assert_allclose(result.params.weights, reference.weights_, rtol=1e-8, atol=1e-12)
@@ -84,8 +85,9 @@ def test_matches_sklearn_from_same_start(covariance_type, dataset):
     np.testing.assert_allclose(
         family.precisions(fitted), reference.precisions_, rtol=1e-8, atol=1e-10
     )
-    # The final objective is the log-likelihood at the returned parameters, as score() computes it.
-    np.testing.assert_allclose(result.log_likelihood, reference.score(x), rtol=1e-10)
+    # The final objective is the log-likelihood at the returned parameters, as score() computes it
+    # (per row).
+    np.testing.assert_allclose(result.log_likelihood / len(x), reference.score(x), rtol=1e-10)
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
@@ -322,9 +324,11 @@ def test_prepare_rows_only_where_features_pay_and_fit(monkeypatch):
 
 @pytest.mark.timeout(180)
 def test_fit_with_features_computed_once_equals_fit_building_them_per_chunk(monkeypatch):
-    """Float64 full covariance: a fit within the budget builds the quadratic features once (counted
-    while tracing), about the data's mean; with the budget at 0 it builds them in every chunk,
-    about the chunk's mean. Same fit, whole or chunked, with and without weights."""
+    """Float64 full covariance: a fit within the budget builds the quadratic features once, about
+    the data's mean (``prepare_rows`` returns them for all rows, before the loop, and every chunk
+    the densities and statistics read is a slice of them); with the budget at 0 the chunks are the
+    raw rows (the features are built in every chunk, about the chunk's mean). Recorded while
+    tracing. Same fit, whole or chunked, with and without weights."""
     x = blobs(6, 600, np.array([[0.0, 0.0, 0.0], [4.0, 1.0, -2.0], [-3.0, 5.0, 1.0]]))
     weights = np.random.default_rng(6).uniform(0.0, 2.0, 600)
     family = jaxem.Gaussian(3)
@@ -334,28 +338,43 @@ def test_fit_with_features_computed_once_equals_fit_building_them_per_chunk(monk
             jnp.asarray(x[:3] + 0.5), jnp.asarray(identity_precisions("full", 3, 3, 2.0))
         ),
     )
-    built = []
-    features = gaussian._features
-    monkeypatch.setattr(
-        gaussian,
-        "_features",
-        lambda moved, full: built.append(moved.shape) or features(moved, full),
-    )
+    prepared, chunks = [], []  # (expanded?, shape of the first leaf) of what the methods saw
+
+    def seen(rows):
+        return isinstance(rows, gaussian.ExpandedRows), jax.tree.leaves(rows)[0].shape
+
+    def recording(name, record):
+        method = getattr(jaxem.Gaussian, name)
+
+        def wrapper(self, *args):
+            out = method(self, *args)
+            record(out if name == "prepare_rows" else args[1])
+            return out
+
+        monkeypatch.setattr(jaxem.Gaussian, name, wrapper)
+
+    recording("prepare_rows", lambda rows: prepared.append(seen(rows)))
+    for name in ("log_prob_chunk", "chunk_stats"):
+        recording(name, lambda rows: chunks.append(seen(rows)))
+    width = 3 * 4 // 2 + 3
     fits = {}
     for budget in (gaussian.PREPARED_ELEMENTS, 0):
         monkeypatch.setattr(gaussian, "PREPARED_ELEMENTS", budget)
         jax.clear_caches()  # the budget is read while tracing
         for chunk_size in (None, 64):
             for w in (None, weights):
-                built.clear()
+                prepared.clear()
+                chunks.clear()
                 algo = jaxem.em(jaxem.Mixture(family), chunk_size=chunk_size)
                 fit = jaxem.fit(algo, start, x, w, max_iter=15, tol=0.0)
                 fits[budget, chunk_size, w is None] = fit
-                if budget:
-                    assert built == [(600, 3)]  # once, for all rows, before the loop
-                else:  # traced in the E-step and the statistics of each chunk shape
-                    assert len(built) >= 2
-                    assert set(built) == ({(600, 3)} if chunk_size is None else {(64, 3), (24, 3)})
+                sizes = {600} if chunk_size is None else {64, 24}
+                if budget:  # once, for all rows, before the loop; the chunks slice them
+                    assert prepared == [(True, (600, width))]
+                    assert {(True, (size, width)) for size in sizes} == set(chunks)
+                else:  # built in the E-step and the statistics of each chunk shape
+                    assert set(prepared) == {(False, (600, 3))}
+                    assert {(False, (size, 3)) for size in sizes} == set(chunks)
     for (budget, chunk_size, plain), fit in fits.items():
         if budget:
             other = fits[0, chunk_size, plain]
@@ -386,7 +405,7 @@ def test_component_on_duplicate_points_is_degenerate(covariance_type):
     )
     algo = jaxem.em(jaxem.Mixture(family))
     result = jaxem.fit(algo, start, x, max_iter=20)
-    stats, _ = algo.e_pass(result.params, jnp.asarray(x), None)
+    stats, _ = jax.jit(algo.e_pass)(result.params, jnp.asarray(x), None)
     flags = np.asarray(family.degenerate(result.params.components, stats.counts))
     np.testing.assert_array_equal(flags, [False, True])
     collapsed = np.asarray(family.covariances(result.params.components)[1])
