@@ -22,10 +22,10 @@ Array = jax.Array
 KMEANS_PLUSPLUS_MAX_ROWS = 1 << 16
 
 
-def _as_arrays(x: Any, weights: Any) -> tuple[Array, Array | None]:
+def _as_arrays(x: Any, row_weights: Any) -> tuple[Array, Array | None]:
     """JAX arrays of the data and weights: rows are picked by traced indices, which a NumPy array
     cannot take."""
-    return jnp.asarray(x), None if weights is None else jnp.asarray(weights)
+    return jnp.asarray(x), None if row_weights is None else jnp.asarray(row_weights)
 
 
 def squared_distances(x: Array, centers: Array) -> Array:
@@ -44,8 +44,8 @@ def nearest_center(x: Array, centers: Array) -> Array:
     return jax.nn.one_hot(labels, centers.shape[0], dtype=x.dtype)
 
 
-def random_rows(key: Array, x: Array, weights: Array | None, num_centers: int) -> Array:
-    """``num_centers`` distinct rows drawn with probability proportional to ``weights``.
+def random_rows(key: Array, x: Array, row_weights: Array | None, num_centers: int) -> Array:
+    """``num_centers`` distinct rows drawn with probability proportional to ``row_weights``.
 
     Drawn one after another without replacement (each next row with probability proportional to the
     weights of the rows not yet drawn), as the ``num_centers`` largest of ``log w + Gumbel`` noise,
@@ -59,15 +59,15 @@ def random_rows(key: Array, x: Array, weights: Array | None, num_centers: int) -
         >>> random_rows(jax.random.key(0), x, None, 3).shape
         (3, 1)
     """
-    x, weights = _as_arrays(x, weights)
+    x, row_weights = _as_arrays(x, row_weights)
     n = x.shape[0]
     if n < num_centers:
-        p = None if weights is None else weights / jnp.sum(weights)
+        p = None if row_weights is None else row_weights / jnp.sum(row_weights)
         return x[jax.random.choice(key, n, (num_centers,), replace=True, p=p)]
     score = jax.random.gumbel(key, (n,), x.dtype)
-    if weights is not None:
-        positive = weights > 0
-        score = jnp.where(positive, score + jnp.log(jnp.where(positive, weights, 1)), -jnp.inf)
+    if row_weights is not None:
+        positive = row_weights > 0
+        score = jnp.where(positive, score + jnp.log(jnp.where(positive, row_weights, 1)), -jnp.inf)
 
     def draw(i: Array, carry: tuple[Array, Array]) -> tuple[Array, Array]:
         score, idx = carry
@@ -78,7 +78,7 @@ def random_rows(key: Array, x: Array, weights: Array | None, num_centers: int) -
     return x[idx]
 
 
-def kmeans_plusplus(key: Array, x: Array, weights: Array | None, num_centers: int) -> Array:
+def kmeans_plusplus(key: Array, x: Array, row_weights: Array | None, num_centers: int) -> Array:
     """k-means++ seeding (Arthur & Vassilvitskii, 2007) with point weights.
 
     Each new centre is a row drawn with probability proportional to weight x squared distance to the
@@ -91,14 +91,14 @@ def kmeans_plusplus(key: Array, x: Array, weights: Array | None, num_centers: in
         >>> kmeans_plusplus(jax.random.key(1), x, None, 3).shape
         (3, 2)
     """
-    x, weights = _as_arrays(x, weights)
+    x, row_weights = _as_arrays(x, row_weights)
     n = x.shape[0]
     key_sample, key_first, key_rest = jax.random.split(key, 3)
     if n > KMEANS_PLUSPLUS_MAX_ROWS:
-        p = None if weights is None else weights / jnp.sum(weights)
+        p = None if row_weights is None else row_weights / jnp.sum(row_weights)
         idx = jax.random.choice(key_sample, n, (KMEANS_PLUSPLUS_MAX_ROWS,), replace=True, p=p)
-        x, weights = x[idx], None
-    w = jnp.ones(x.shape[0], x.dtype) if weights is None else weights.astype(x.dtype)
+        x, row_weights = x[idx], None
+    w = jnp.ones(x.shape[0], x.dtype) if row_weights is None else row_weights.astype(x.dtype)
     log_w = jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1)), -jnp.inf)
     first = x[jax.random.categorical(key_first, log_w)]
     centers = jnp.zeros((num_centers, x.shape[1]), x.dtype).at[0].set(first)
@@ -122,7 +122,7 @@ def kmeans_plusplus(key: Array, x: Array, weights: Array | None, num_centers: in
 def kmeans(
     key: Array,
     x: Array,
-    weights: Array | None,
+    row_weights: Array | None,
     num_centers: int,
     *,
     num_iters: int = 20,
@@ -132,7 +132,7 @@ def kmeans(
 
     An empty cluster keeps its previous centre.
     """
-    centers = kmeans_plusplus(key, x, weights, num_centers)
+    centers = kmeans_plusplus(key, x, row_weights, num_centers)
 
     def lloyd(_: Array, centers: Array) -> Array:
         def chunk(xc: Array, wc: Array | None, _rows: Array) -> tuple[Array, Array]:
@@ -141,7 +141,7 @@ def kmeans(
                 onehot = onehot * wc[:, None]
             return onehot.T @ xc, jnp.sum(onehot, axis=0)
 
-        sums, counts = reduce_chunks(chunk, x, weights, chunk_size)
+        sums, counts = reduce_chunks(chunk, x, row_weights, chunk_size)
         return jnp.where(
             counts[:, None] > 0, sums / jnp.where(counts > 0, counts, 1)[:, None], centers
         )

@@ -12,8 +12,8 @@ import pytest
 
 import jaxem
 from jaxem.core import subsample
-from jaxem.core.engine import prepare_data
-from jaxem.sklearn import _gaussian_initial_params
+from jaxem.core.inputs import prepare_data
+from jaxem.core.rows import Rows, initial_params
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,9 +40,9 @@ def test_finiteness_check_covers_every_leaf_and_accepts_the_largest_finite_value
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        (np.nan, "weights must be finite and non-negative."),
-        (np.inf, "weights must be finite and non-negative."),
-        (-1e-30, "weights must be finite and non-negative."),
+        (np.nan, "row_weights must be finite and non-negative."),
+        (np.inf, "row_weights must be finite and non-negative."),
+        (-1e-30, "row_weights must be finite and non-negative."),
     ],
 )
 def test_weight_check_finds_one_bad_weight(value, message):
@@ -52,7 +52,7 @@ def test_weight_check_finds_one_bad_weight(value, message):
     weights[63] = value
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         prepare_data(x, weights)
-    with pytest.raises(ValueError, match=r"^weights are all zero"):
+    with pytest.raises(ValueError, match=r"^row_weights are all zero"):
         prepare_data(x, np.zeros(100))
 
 
@@ -93,12 +93,16 @@ def assert_differ(a, b):
 def test_the_sample_changes_the_start(small_sample):
     """The other tests of this section would pass trivially if the sample gave the same start."""
     x, _ = clustered_data()
-    model = sampled_algo().model
+    algo = sampled_algo()
     key = jax.random.key(0)
-    assert_differ(
-        subsample.initial_params(model, key, jnp.asarray(x), None),
-        model.init(key, jnp.asarray(x), None),
+    start = jaxem.fit(algo, key, x, max_iter=0).params
+    assert_same(
+        start,
+        initial_params(
+            algo.model, key, Rows.in_memory(jnp.asarray(x)), subsample.sample_size(jnp.asarray(x))
+        ),
     )
+    assert_differ(start, algo.model.init(key, jnp.asarray(x), None))
 
 
 def test_pruned_restarts_start_where_fit_restarts_do(small_sample):
@@ -124,18 +128,30 @@ def test_bound_trace_starts_where_fit_does(small_sample):
 
 
 def test_estimator_user_weights_start_from_the_sampled_parameters(small_sample):
-    """Given only ``weights_init``, the estimator takes the rest of its start from
-    :func:`initial_params` with the restart's key, as the fit from that key does."""
+    """Given only ``weights_init``, the estimator takes the rest of each restart's start from the
+    restart's key, where the fit from that key starts."""
     x, _ = clustered_data()
-    x = jnp.asarray(x)
-    model = sampled_algo().model
-    keys = jax.random.split(jax.random.key(4), 2)
-    weights_init = jnp.array([0.2, 0.3, 0.5])
-    starts = _gaussian_initial_params(model, keys, x, None, weights_init, None, None)
-    for lane in range(2):
-        expected = subsample.initial_params(model, keys[lane], x, None)
-        assert_same(jax.tree.map(lambda a, i=lane: a[i], starts.components), expected.components)
-        np.testing.assert_array_equal(starts.weights[lane], weights_init)
+    weights_init = np.array([0.2, 0.3, 0.5])
+    seed, num_restarts = 4, 2
+    # max_iter=0: the estimator's parameters are the start of its best restart.
+    gm = jaxem.GaussianMixture(
+        3, weights_init=weights_init, n_init=num_restarts, max_iter=0, random_state=seed
+    ).fit(x)
+    algo = jaxem.em(gm.model_)
+    keys = jax.random.split(jax.random.key(seed), num_restarts)  # restart i starts from keys[i]
+    starts = [jaxem.fit(algo, key, x, max_iter=0).params for key in keys]
+    starts = [start._replace(weights=jnp.asarray(weights_init)) for start in starts]
+    # Every restart's start: its log-likelihood (the estimator records means per row) ...
+    expected = [float(algo.log_likelihood(start, x)) / len(x) for start in starts]
+    np.testing.assert_allclose(gm.restart_log_likelihoods_, expected, rtol=1e-10)
+    # ... and the best one's parameters.
+    best = starts[int(np.argmax(expected))]
+    np.testing.assert_array_equal(gm.weights_, weights_init)
+    np.testing.assert_allclose(gm.means_, best.components.means, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        gm.precisions_cholesky_, best.components.precision_cholesky, rtol=1e-10, atol=1e-12
+    )
+    assert_differ(starts[0].components, starts[1].components)
 
 
 def test_numpy_input_is_copied_once_and_never_aliased():

@@ -1,19 +1,14 @@
 """Sharded fits: rows over a 4-device mesh (a subprocess with 4 host devices) equal one device."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from four_devices import TESTS, run_on_four_devices
 
 import jaxem
 from jaxem import parallel
 
-REPO = Path(__file__).resolve().parent.parent
 NUM_POINTS = 1001  # not divisible by 4: the last shard is padded with weight-0 rows
 
 
@@ -34,6 +29,7 @@ import jax
 import numpy as np
 import jaxem
 from jaxem import parallel
+from jaxem.drivers.sharded import place_rows
 sys.path.insert(0, {tests!r})
 from test_parallel import make_algo, make_data
 
@@ -59,57 +55,18 @@ for name, result in [("single", single), ("weighted", weighted), ("lanes", lanes
     out[name + "_loglik"] = np.asarray(result.log_likelihood)
     out[name + "_iters"] = np.asarray(result.num_iters)
 out["best_loglik"] = np.asarray(best.log_likelihood)
+# The rows as the 4 shards hold them: 1001 rows in shards of 251, the last one padded.
+placed = place_rows(x, weights, parallel.data_mesh())
+out["placed_x"] = np.asarray(placed.x)
+out["placed_weights"] = np.asarray(placed.row_weights)
+out["placed_offsets"] = np.asarray(placed.row_offsets)
+out["placed_shard_rows"] = np.asarray(placed.shard_rows)
+out["placed_num_real_rows"] = np.asarray(placed.num_real_rows)
+unweighted = place_rows(x, None, parallel.data_mesh())
+out["unweighted_weights"] = np.asarray(unweighted.row_weights)
+out["unweighted_flag"] = np.asarray([unweighted.weighted, placed.weighted])
 np.savez({out!r}, **out)
 """
-
-
-def run_on_four_devices(source: str, tmp: Path) -> None:
-    """Run the Python ``source`` in a subprocess with 4 host devices and float64 enabled."""
-    script = tmp / "worker.py"
-    script.write_text(source)
-    env = dict(
-        os.environ,
-        # Keep the caller's flags (conftest's faster compiles) and add the 4 host devices.
-        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4",
-        JAX_ENABLE_X64="1",
-        # The 4 devices are host (CPU) devices, also where a GPU would be the default backend.
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(REPO),
-    )
-    proc = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=240
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-
-
-def leaves_by_name(results: dict) -> dict:
-    """``{"<name>_<i>": leaf i of results[name]}``: what a worker saves with ``np.savez``."""
-    return {
-        f"{name}_{i}": np.asarray(leaf)
-        for name, result in results.items()
-        for i, leaf in enumerate(jax.tree.leaves(result))
-    }
-
-
-def run_worker(tmp_path_factory, name: str, worker: str) -> dict:
-    """Run ``worker`` (formatted with ``tests`` and ``out``) on 4 devices; its saved arrays."""
-    tmp = tmp_path_factory.mktemp(name)
-    out = tmp / "out.npz"
-    run_on_four_devices(worker.format(tests=str(REPO / "tests"), out=str(out)), tmp)
-    return dict(np.load(out))
-
-
-def assert_same_leaves(out: dict, name: str, expected, rtol: float = 0.0, atol: float = 1e-10):
-    """The worker's leaves saved under ``name`` equal ``expected``'s, integers exactly."""
-    leaves = jax.tree.leaves(expected)
-    assert len(leaves) == sum(key.rsplit("_", 1)[0] == name for key in out)
-    for i, leaf in enumerate(leaves):
-        got = out[f"{name}_{i}"]
-        assert got.shape == leaf.shape
-        if np.issubdtype(got.dtype, np.integer):
-            np.testing.assert_array_equal(got, leaf)
-        else:
-            np.testing.assert_allclose(got, leaf, rtol=rtol, atol=atol)
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +81,7 @@ def sharded(tmp_path_factory):
         precision_cholesky=params.components.precision_cholesky,
     )
     run_on_four_devices(
-        WORKER.format(
-            tests=str(REPO / "tests"), init=str(tmp / "init.npz"), out=str(tmp / "out.npz")
-        ),
+        WORKER.format(tests=str(TESTS), init=str(tmp / "init.npz"), out=str(tmp / "out.npz")),
         tmp,
     )
     return params, dict(np.load(tmp / "out.npz"))
@@ -169,8 +124,28 @@ def test_restarts_by_data_mesh_equal_restarts_on_one_device(sharded):
     assert out["best_loglik"] == pytest.approx(float(jnp.max(lanes.log_likelihood)), abs=1e-10)
 
 
+@pytest.mark.timeout(280)
+def test_four_shards_pad_the_last_one_with_weight_zero_copies_of_a_real_row(sharded):
+    _, out = sharded
+    x = make_data()
+    weights = np.random.default_rng(1).uniform(0.5, 2.0, len(x))
+    pad = 4 * 251 - NUM_POINTS
+    assert pad == 3
+    np.testing.assert_array_equal(out["placed_x"][:NUM_POINTS], x)
+    np.testing.assert_array_equal(out["placed_x"][NUM_POINTS:], np.repeat(x[-1:], pad, axis=0))
+    np.testing.assert_array_equal(out["placed_weights"], np.concatenate([weights, np.zeros(pad)]))
+    # Without row weights, padding alone brings them: 1 per real row, 0 per padding row.
+    np.testing.assert_array_equal(
+        out["unweighted_weights"], np.concatenate([np.ones(NUM_POINTS), np.zeros(pad)])
+    )
+    assert out["unweighted_flag"].tolist() == [False, True]
+    np.testing.assert_array_equal(out["placed_offsets"], [0, 251, 502, 753])
+    np.testing.assert_array_equal(out["placed_shard_rows"], [251, 251, 251, 248])
+    assert int(out["placed_num_real_rows"]) == NUM_POINTS
+
+
 @pytest.mark.timeout(60)
-def test_padding_rows_have_weight_zero():
+def test_one_device_adds_no_padding_rows():
     x = np.arange(10.0).reshape(5, 2)
     mesh = parallel.data_mesh(devices=jax.devices()[:1])
     xs, ws = parallel.shard_rows(x, None, mesh)
@@ -183,7 +158,7 @@ def test_padding_rows_have_weight_zero():
 def test_errors():
     x = make_data()
     algo = make_algo()
-    with pytest.raises(ValueError, match="weights has shape \\(3,\\) but x has 1001 rows"):
+    with pytest.raises(ValueError, match="row_weights has shape \\(3,\\) but x has 1001 rows"):
         parallel.fit_sharded(algo, jax.random.key(0), x, np.ones(3))
     with pytest.raises(ValueError, match="x contains NaN or infinity"):
         parallel.fit_sharded(algo, jax.random.key(0), np.where(x > 5, np.nan, x))

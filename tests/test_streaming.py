@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 import jaxem
+from jaxem import io as jio
 from jaxem import streaming
 from jaxem.core import subsample
+from jaxem.core.rows import Rows, initial_params
 
 CHUNK = 96  # 1003 rows: ten full chunks and a short last one of 43
 
@@ -74,31 +76,41 @@ def test_stop_and_resume_equals_one_run(problem, tmp_path):
     first = streaming.fit_stream(algo, params, x, max_iter=5, tol=0.0, checkpoint=checkpoint)
     assert int(first.num_iters) == 5 and int(first.status) == jaxem.Status.MAX_ITER
 
-    # Stopped in the middle of a pass: the state of the last whole iteration survives.
-    calls = {"chunks": 0}
+    # Stopped in the middle of a pass: the state of the last whole iteration survives. The source
+    # stops at the fourth chunk of the first pass it starts once iteration 8 was saved.
+    like = algo.kernel.init(params, algo.rows(x), tol=0.0, max_iter=12)
 
     def interrupted():
-        for start in range(0, len(x), CHUNK):
-            calls["chunks"] += 1
-            if calls["chunks"] == 3 * 11 + 4:
+        saved_iterations = int(jio.load_checkpoint(checkpoint, like).state.iteration)
+        for index, start in enumerate(range(0, len(x), CHUNK)):
+            if saved_iterations == 8 and index == 3:
                 raise KeyboardInterrupt
             yield x[start : start + CHUNK]
 
     with pytest.raises(KeyboardInterrupt):
         streaming.fit_stream(algo, params, interrupted, max_iter=12, tol=0.0, checkpoint=checkpoint)
-    assert streaming.load_state(checkpoint, params).iteration == 8
+    # The checkpoint holds the kernel's state, in the structure of a state of this fit.
+    saved = jio.load_checkpoint(checkpoint, like)
+    assert int(saved.state.iteration) == 8
+    assert int(saved.state.status) == jaxem.Status.RUNNING
+    np.testing.assert_allclose(saved.history, expected.history[:8], atol=1e-10, rtol=0)
+    eight = jaxem.fit(algo, params, x, max_iter=8, tol=0.0)
+    for got, want in zip(
+        jax.tree.leaves(saved.state.params), jax.tree.leaves(eight.params), strict=True
+    ):
+        np.testing.assert_allclose(got, want, atol=1e-10, rtol=0)
 
     resumed = streaming.fit_stream(algo, params, x, max_iter=12, tol=0.0, checkpoint=checkpoint)
     assert_same(resumed, expected)
 
 
-def chunked(x, weights=None, size=CHUNK):
+def chunked(x, row_weights=None, size=CHUNK):
     """A function returning a new generator of chunks of ``size`` rows, the last one shorter."""
 
     def chunks():
         for start in range(0, len(x), size):
             rows = slice(start, start + size)
-            yield x[rows] if weights is None else (x[rows], weights[rows])
+            yield x[rows] if row_weights is None else (x[rows], row_weights[rows])
 
     return chunks
 
@@ -153,7 +165,9 @@ def test_key_start_on_sorted_data_spans_the_data(sorted_problem):
     assert np.all(np.asarray(first_chunk.components.means[:, 0]) < 0)
     means = np.asarray(start.components.means[:, 0])
     assert means.min() < 0 < means.max()
-    in_memory = subsample.initial_params(algo.model, key, jnp.asarray(x), None)
+    in_memory = initial_params(
+        algo.model, key, Rows.in_memory(jnp.asarray(x)), subsample.sample_size(x)
+    )
     for got, want in zip(jax.tree.leaves(start), jax.tree.leaves(in_memory), strict=True):
         np.testing.assert_allclose(got, want, atol=1e-12, rtol=0)
 
@@ -171,20 +185,47 @@ def test_restart_lane_from_a_key_equals_stream_from_that_key(sorted_problem):
 @pytest.mark.timeout(120)
 def test_resume_from_a_key_skips_the_sample_pass(sorted_problem, tmp_path):
     x, _, algo = sorted_problem
-    key, checkpoint = jax.random.key(8), tmp_path / "state.npz"
+    key = jax.random.key(8)
     expected = jaxem.fit(algo, key, x, max_iter=5, tol=0.0)
+    # The same fits from the parameters the key draws: they need no sample pass.
+    params = initial_params(
+        algo.model, key, Rows.in_memory(jnp.asarray(x)), subsample.sample_size(x)
+    )
     passes = {"count": 0}
 
     def counted():
         passes["count"] += 1
         return chunked(x)()
 
-    streaming.fit_stream(algo, key, counted, max_iter=3, tol=0.0, checkpoint=checkpoint)
-    assert passes["count"] == 1 + 1 + 3 + 1  # first chunk, sample, iterations, final objective
-    passes["count"] = 0
-    resumed = streaming.fit_stream(algo, key, counted, max_iter=5, tol=0.0, checkpoint=checkpoint)
-    assert passes["count"] == 1 + 2 + 1
+    def count_passes(init, max_iter, checkpoint):
+        passes["count"] = 0
+        result = streaming.fit_stream(
+            algo, init, counted, max_iter=max_iter, tol=0.0, checkpoint=checkpoint
+        )
+        return passes["count"], result
+
+    from_key, from_params = tmp_path / "key.npz", tmp_path / "params.npz"
+    assert count_passes(key, 3, from_key)[0] == count_passes(params, 3, from_params)[0] + 1
+    key_passes, resumed = count_passes(key, 5, from_key)
+    assert key_passes == count_passes(params, 5, from_params)[0]
     assert_same(resumed, expected)
+
+
+@pytest.mark.timeout(120)
+def test_one_pass_over_a_chunk_source_per_iteration(problem):
+    x, _, algo, params, _ = problem
+    passes = {"count": 0}
+
+    def counted():
+        passes["count"] += 1
+        return chunked(x)()
+
+    streaming.fit_stream(algo, params, counted, max_iter=3, tol=0.0)
+    # The scan of the source (its rows, total weight, values), 3 iterations, the final objective.
+    assert passes["count"] == 1 + 3 + 1
+    passes["count"] = 0
+    streaming.fit_stream(algo, jax.random.key(0), counted, max_iter=3, tol=0.0)
+    assert passes["count"] == 1 + 1 + 3 + 1  # and the sample pass
 
 
 @pytest.mark.timeout(60)
@@ -194,7 +235,7 @@ def test_errors(problem, tmp_path):
         streaming.fit_stream(algo, params, iter([x]))
     with pytest.raises(ValueError, match=r"is not a \.npy file"):
         streaming.fit_stream(algo, params, tmp_path / "x.csv")
-    with pytest.raises(ValueError, match=r"weights has shape \(2,\) but x has 1003 rows"):
+    with pytest.raises(ValueError, match=r"row_weights has shape \(2,\) but x has 1003 rows"):
         streaming.fit_stream(algo, params, x, np.ones(2))
     bad = x.copy()
     bad[5 * CHUNK + 1, 0] = np.nan
@@ -204,9 +245,12 @@ def test_errors(problem, tmp_path):
         streaming.fit_stream(algo, jax.random.key(0), bad, max_iter=2)  # in the sample pass
     with pytest.raises(ValueError, match="no chunks"):
         streaming.fit_stream(algo, params, lambda: iter([]))
-    other = jaxem.Mixture(jaxem.Gaussian(2))
-    streaming.save_state(tmp_path / "s.npz", streaming.StreamState(params, 1, 0.0, 0, np.zeros(1)))
-    with pytest.raises(ValueError, match="saved for other parameters"):
-        streaming.load_state(
-            tmp_path / "s.npz", other.init(jax.random.key(0), jnp.asarray(x), None)
-        )
+    # A checkpoint of another fit (here: 2 components, not 3) is refused, not resumed from.
+    checkpoint = tmp_path / "s.npz"
+    streaming.fit_stream(algo, params, x, max_iter=1, tol=0.0, checkpoint=checkpoint)
+    other = jaxem.em(jaxem.Mixture(jaxem.Gaussian(2)), chunk_size=CHUNK)
+    other_params = other.model.init(jax.random.key(0), jnp.asarray(x), None)
+    with pytest.raises(ValueError, match="was saved for another fit"):
+        streaming.fit_stream(other, other_params, x, max_iter=2, checkpoint=checkpoint)
+    with pytest.raises(ValueError, match="was saved for another fit"):
+        jio.load_checkpoint(checkpoint, other.kernel.init(other_params, other.rows(x)))

@@ -35,8 +35,8 @@ def num_rows(x: Any) -> int:
     return n
 
 
-def weighted_sum(values: Array, weights: Array | None) -> Array:
-    """``sum(weights * values)`` over the data axis, with zero-weight rows excluded by ``where``.
+def weighted_sum(values: Array, row_weights: Array | None) -> Array:
+    """``sum(row_weights * values)`` over the data axis, zero-weight rows excluded by ``where``.
 
     Excluding rather than multiplying keeps a padded or zero-weight row whose value is not finite
     from turning the sum into NaN (0 x inf = NaN).
@@ -46,17 +46,17 @@ def weighted_sum(values: Array, weights: Array | None) -> Array:
         >>> float(weighted_sum(jnp.array([1.0, jnp.inf]), jnp.array([2.0, 0.0])))
         2.0
     """
-    if weights is None:
+    if row_weights is None:
         return jnp.sum(values, axis=0)
-    w = weights.reshape(weights.shape + (1,) * (values.ndim - 1))
+    w = row_weights.reshape(row_weights.shape + (1,) * (values.ndim - 1))
     return jnp.sum(jnp.where(w > 0, w * values, 0), axis=0)
 
 
-def total_weight(x: Any, weights: Array | None, dtype: Any) -> Array:
+def total_weight(x: Any, row_weights: Array | None, dtype: Any) -> Array:
     """The number of data points, or the sum of their weights."""
-    if weights is None:
+    if row_weights is None:
         return jnp.asarray(num_rows(x), dtype)
-    return jnp.sum(weights).astype(dtype)
+    return jnp.sum(row_weights).astype(dtype)
 
 
 def normalize_log(log_joint: Array) -> tuple[Array, Array]:

@@ -72,9 +72,13 @@ def all_finite_leaf(leaf: Array) -> Array:
 
 
 @jit
-def _weights_ok(weights: Array) -> tuple[Array, Array, Array]:
+def _weights_ok(row_weights: Array) -> tuple[Array, Array, Array]:
     # One fused pass, no boolean temporaries of length N: finite, non-negative, some positive.
-    return jnp.isfinite(jnp.max(jnp.abs(weights))), jnp.min(weights) >= 0, jnp.max(weights) > 0
+    return (
+        jnp.isfinite(jnp.max(jnp.abs(row_weights))),
+        jnp.min(row_weights) >= 0,
+        jnp.max(row_weights) > 0,
+    )
 
 
 def _aliases(placed: Array, host: np.ndarray) -> bool:
@@ -140,14 +144,16 @@ def prepare_data(
         row_weights = jnp.asarray(row_weights, dtype)
         if row_weights.shape != (n,):
             raise ValueError(
-                f"weights has shape {row_weights.shape} but x has {n} rows: pass one weight per "
-                "row."
+                f"row_weights has shape {row_weights.shape} but x has {n} rows: pass one weight "
+                "per row."
             )
         finite, non_negative, positive = _weights_ok(row_weights)
         if not bool(finite) or not bool(non_negative):
-            raise ValueError("weights must be finite and non-negative.")
+            raise ValueError("row_weights must be finite and non-negative.")
         if not bool(positive):
-            raise ValueError("weights are all zero: at least one point must have positive weight.")
+            raise ValueError(
+                "row_weights are all zero: at least one point must have positive weight."
+            )
     return x, row_weights
 
 

@@ -126,7 +126,7 @@ def add_trees(a: Any, b: Any) -> Any:
 def reduce_chunks(
     fn: Callable[[Any, Array | None, Array], Any],
     x: Any,
-    weights: Array | None,
+    row_weights: Array | None,
     chunk_size: int | None,
 ) -> Any:
     """Sum ``fn(x_chunk, weights_chunk, row_index)`` over consecutive chunks of the data.
@@ -148,11 +148,11 @@ def reduce_chunks(
 
     def chunk(start: Array | int, length: int) -> Any:
         xc = _slice_rows(x, start, length)
-        wc = None if weights is None else lax.dynamic_slice_in_dim(weights, start, length)
+        wc = None if row_weights is None else lax.dynamic_slice_in_dim(row_weights, start, length)
         return fn(xc, wc, start + jnp.arange(length))
 
     if num_full == 1 and tail == 0:
-        return fn(x, weights, jnp.arange(n))
+        return fn(x, row_weights, jnp.arange(n))
     total = chunk(0, size)
     if num_full > 1:
         total = lax.fori_loop(
@@ -307,8 +307,8 @@ class ChunkSource(Protocol):
     """A host-side reader of fixed-size blocks of rows, for :class:`StreamedRows`.
 
     ``read(index, size)`` returns the rows ``index * read_size`` onwards (``size`` of them) as
-    NumPy arrays of the declared dtypes: ``(x, weights)`` with ``weights`` ``None`` when the source
-    has none. It may be called from a thread of the runtime, in any order.
+    NumPy arrays of the declared dtypes: ``(x, row_weights)`` with ``row_weights`` ``None`` when
+    the source has none. It may be called from a thread of the runtime, in any order.
     """
 
     def read(self, index: int, size: int) -> tuple[Any, np.ndarray | None]: ...
@@ -336,7 +336,8 @@ def open_source(source: ChunkSource) -> Iterator[int]:
             _OPEN_SOURCES.pop(source_id, None)
 
 
-def _read_block(size: int, source_id: Any, index: Any) -> Any:
+def _read_block(size: int, source_id: Any, index: Any, after: Any = None) -> Any:
+    del after  # an operand only so that the read waits for it
     source = _OPEN_SOURCES.get(int(source_id))
     if source is None:
         raise RuntimeError("A streamed source was read after its fit ended.")
@@ -409,13 +410,23 @@ class StreamedRows:
         """The dtype of the rows (of the first leaf of ``x``), which a fit runs in."""
         return jnp.dtype(self.row_shapes[1][0][1])
 
-    def _block(self, index: Array, size: int) -> tuple[Any, Array | None]:
+    def _block(self, index: Array, size: int, after: Any = None) -> tuple[Any, Array | None]:
+        """Block ``index`` of ``size`` rows, read once ``after`` (any pytree) is computed: a read
+        is a callback, which XLA runs as soon as its operands are ready, and a source of chunks
+        must be read in order."""
         treedef, shapes = self.row_shapes
         leaves = [jax.ShapeDtypeStruct((size, *shape), dtype) for shape, dtype in shapes]
-        weights = jax.ShapeDtypeStruct((size,), shapes[0][1]) if self.weighted else None
-        result = (jax.tree.unflatten(treedef, leaves), weights)
+        row_weights = jax.ShapeDtypeStruct((size,), shapes[0][1]) if self.weighted else None
+        result = (jax.tree.unflatten(treedef, leaves), row_weights)
+        leaves = jax.tree.leaves(after)
+        wait = (jnp.ravel(leaves[0])[:1],) if leaves else ()
         return jax.pure_callback(
-            partial(_read_block, size), result, self.source_id, index, vmap_method="sequential"
+            partial(_read_block, size),
+            result,
+            self.source_id,
+            index,
+            *wait,
+            vmap_method="sequential",
         )
 
     def _fold(self, step: Callable[[Any, Any, Array | None, Array, int], Any], init: Any) -> Any:
@@ -428,7 +439,7 @@ class StreamedRows:
 
         carry = lax.fori_loop(0, self.num_reads, full, init)
         if self.tail:
-            xb, wb = self._block(self.num_reads, self.tail)
+            xb, wb = self._block(self.num_reads, self.tail, after=carry)
             carry = step(carry, xb, wb, self.num_reads * self.read_size, self.tail)
         return carry
 
@@ -440,23 +451,19 @@ class StreamedRows:
                 lambda xc, wc, idx: fn(xc, wc, idx + first), xb, wb, min(self.chunk_size, size)
             )
 
-        # The first block fixes the structure of the running total.
-        size = self.read_size if self.num_rows >= self.read_size else self.tail
-        xb, wb = self._block(jnp.asarray(0, jnp.int32), size)
-        total = block_total(xb, wb, 0, size)
-        if self.num_rows < self.read_size:
-            return total
+        def block_sum(index: Array, size: int, after: Any = None) -> Any:
+            xb, wb = self._block(index, size, after)
+            return block_total(xb, wb, index * self.read_size, size)
 
-        def full(i: Array, acc: Any) -> Any:
-            xb, wb = self._block(i, self.read_size)
-            return add_trees(acc, block_total(xb, wb, i * self.read_size, self.read_size))
-
-        total = lax.fori_loop(1, self.num_reads, full, total)
+        # Every read inside the loop, which runs only once all it closes over (the parameters of
+        # this pass, computed by the last pass) is ready: the passes read the source in turn.
+        shapes = jax.eval_shape(lambda: block_sum(jnp.asarray(0, jnp.int32), self.read_size))
+        total = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
+        total = lax.fori_loop(
+            0, self.num_reads, lambda i, acc: add_trees(acc, block_sum(i, self.read_size)), total
+        )
         if self.tail:
-            xb, wb = self._block(self.num_reads, self.tail)
-            total = add_trees(
-                total, block_total(xb, wb, self.num_reads * self.read_size, self.tail)
-            )
+            total = add_trees(total, block_sum(self.num_reads, self.tail, after=total))
         return total
 
     def total_weight(self, dtype: Any) -> Array:
@@ -512,8 +519,8 @@ def initial_params(model: Any, key: Array, rows: Any, size: int) -> Any:
         (2,)
     """
     if rows.num_rows <= size:
-        x, weights = rows.all_rows()
-        return model.init(key, x, weights)
+        x, row_weights = rows.all_rows()
+        return model.init(key, x, row_weights)
     key_sample, key_init = jax.random.split(key)
     sample, sample_weights = rows.sample(key_sample, size)
     return model.init(key_init, sample, sample_weights)

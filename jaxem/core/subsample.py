@@ -49,9 +49,9 @@ def sample_size(x: Any) -> int:
     return int(max(1, min(SAMPLE_ROWS, SAMPLE_BYTES // max(row_bytes, 1))))
 
 
-def _priority_dtype(x: Any, weights: Array | None) -> Any:
-    if weights is not None:
-        return weights.dtype
+def _priority_dtype(x: Any, row_weights: Array | None) -> Any:
+    if row_weights is not None:
+        return row_weights.dtype
     floats = [leaf.dtype for leaf in jax.tree.leaves(x) if jnp.issubdtype(leaf.dtype, jnp.floating)]
     return floats[0] if floats else jnp.result_type(float)
 
@@ -98,7 +98,7 @@ def rank_rows(
     ranking: Ranking,
     key: Array,
     length: int,
-    weights: Array | None,
+    row_weights: Array | None,
     first_row: Array | int,
     values: Any = None,
 ) -> Ranking:
@@ -109,7 +109,7 @@ def rank_rows(
         ranking: from :func:`empty_ranking` or an earlier call.
         key: the sample's key; a row's priority depends on it and the row number alone.
         length: the rows to rank (static).
-        weights: their weights when ``ranking`` carries weights, else ``None``.
+        row_weights: their weights when ``ranking`` carries weights, else ``None``.
         first_row: the number of the first of them in the whole data.
         values: the rows themselves when ``ranking`` carries them, else ``None``.
 
@@ -129,7 +129,7 @@ def rank_rows(
         rows = (first_row + start + jnp.arange(size)).astype(jnp.int32)
         u = jax.vmap(lambda r: jax.random.uniform(jax.random.fold_in(key, r), (), dtype))(rows)
         if carry_weights:
-            w = lax.dynamic_slice_in_dim(weights, start, size).astype(dtype)
+            w = lax.dynamic_slice_in_dim(row_weights, start, size).astype(dtype)
             new_priority = jnp.where(w > 0, w / (1 - u), 0)
         else:
             new_priority = 1 / (1 - u)
@@ -193,7 +193,7 @@ def ranked_sample(ranking: Ranking, size: int) -> tuple[Array, Array, Array]:
 def sample_rows(
     key: Array,
     x: Any,
-    weights: Array | None,
+    row_weights: Array | None,
     size: int,
     *,
     weighted: bool | None = None,
@@ -205,11 +205,11 @@ def sample_rows(
     Args:
         key: the sample's key.
         x: the rows (a pytree sharing the row axis); with ``axis_name``, this device's shard.
-        weights: per-row weights, or ``None`` for 1 each; rows of weight 0 are drawn only when
+        row_weights: per-row weights, or ``None`` for 1 each; rows of weight 0 are drawn only when
             fewer than ``size + 1`` rows have a positive weight, and then keep weight 0.
         size: rows in the sample; ``x`` must hold more (over all devices).
-        weighted: return weights (default: whether ``weights`` were given). Without them the rows
-            stand for equal shares of the data.
+        weighted: return weights (default: whether ``row_weights`` were given). Without them the
+            rows stand for equal shares of the data.
         axis_name: inside ``shard_map``, the axis the rows are sharded over.
         row_offset: the row number of this shard's first row in the whole data.
 
@@ -223,11 +223,11 @@ def sample_rows(
         >>> sample.shape, w is None
         ((4, 2), True)
     """
-    weighted = weights is not None if weighted is None else weighted
+    weighted = row_weights is not None if weighted is None else weighted
     n = num_rows(x)
     # The weights ride along only when they differ between rows; without them every row has 1.
-    ranking = empty_ranking(size, _priority_dtype(x, weights), weights is not None)
-    ranking = rank_rows(ranking, key, n, weights, row_offset)
+    ranking = empty_ranking(size, _priority_dtype(x, row_weights), row_weights is not None)
+    ranking = rank_rows(ranking, key, n, row_weights, row_offset)
     if axis_name is not None:
         weight = ranking.weight
         if weight is None:
@@ -252,32 +252,11 @@ def sample_rows(
     return sample, sample_weights if weighted else None
 
 
-def initial_params(
-    model: Any, key: Array, x: Any, weights: Array | None, size: int | None = None
-) -> Any:
-    """``model.init`` on all rows of the arrays ``x``, or on a :func:`sample_rows` sample when
-    there are more than ``size`` (default :func:`sample_size`): the one start of every driver
-    (:func:`jaxem.core.rows.initial_params`) on rows held in memory.
-
-    Example:
-        >>> import jax, jaxem
-        >>> x = jax.random.normal(jax.random.key(0), (100, 2))
-        >>> model = jaxem.Mixture(jaxem.Gaussian(2))
-        >>> initial_params(model, jax.random.key(1), x, None).weights.shape
-        (2,)
-    """
-    from jaxem.core import rows  # rows builds on this module
-
-    size = sample_size(x) if size is None else size
-    return rows.initial_params(model, key, rows.Rows.in_memory(x, weights), size)
-
-
 __all__ = [
     "SAMPLE_BYTES",
     "SAMPLE_ROWS",
     "Ranking",
     "empty_ranking",
-    "initial_params",
     "rank_rows",
     "ranked_sample",
     "sample_rows",

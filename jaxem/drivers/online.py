@@ -221,7 +221,7 @@ def _sharded_epochs(
         )
         layout = ShardLayout(placed.num_real_rows, placed.shard_rows, placed.weighted, chunk_size)
         return _sharded_step(
-            online, mesh, layout, state, placed.x, placed.weights, placed.row_offsets
+            online, mesh, layout, state, placed.x, placed.row_weights, placed.row_offsets
         )
 
     if state.stats is None:

@@ -151,7 +151,7 @@ class PlacedRows(NamedTuple):
 
     Attributes:
         x: the rows as global arrays sharded along the data axis, padded per process.
-        weights: the row weights (0 on padding), or ``None`` when there is neither.
+        row_weights: the row weights (0 on padding), or ``None`` when there is neither.
         num_real_rows: rows over all processes, without padding.
         row_offsets: per data shard, the number (in the unpadded data) of its first row.
         shard_rows: per data shard, its real rows (padding excluded).
@@ -159,38 +159,40 @@ class PlacedRows(NamedTuple):
     """
 
     x: Any
-    weights: Array | None
+    row_weights: Array | None
     num_real_rows: int
     row_offsets: Array
     shard_rows: tuple[int, ...]
     weighted: bool
 
 
-def shard_rows(x: Any, weights: Any = None, mesh: Mesh | None = None) -> tuple[Any, Array | None]:
+def shard_rows(
+    x: Any, row_weights: Any = None, mesh: Mesh | None = None
+) -> tuple[Any, Array | None]:
     """Place this process's rows on the mesh, sharded along the data axis, padded with weight 0.
 
     Each process passes only the rows it holds (all of them on one host). Shards are padded to equal
-    length with zero rows of weight 0; then ``weights`` is returned even if it was ``None`` (ones on
-    the real rows). The rows are copied shard by shard, never as one padded host copy.
+    length with zero rows of weight 0; then ``row_weights`` is returned even if it was ``None``
+    (ones on the real rows). The rows are copied shard by shard, never as one padded host copy.
 
     Returns:
-        ``(x, weights)`` as global arrays, the rows of process 0 first.
+        ``(x, row_weights)`` as global arrays, the rows of process 0 first.
     """
-    placed = place_rows(x, weights, data_mesh() if mesh is None else mesh)
-    return placed.x, placed.weights
+    placed = place_rows(x, row_weights, data_mesh() if mesh is None else mesh)
+    return placed.x, placed.row_weights
 
 
-def place_rows(x: Any, weights: Any, mesh: Mesh) -> PlacedRows:
+def place_rows(x: Any, row_weights: Any, mesh: Mesh) -> PlacedRows:
     """Place this process's rows on ``mesh`` (see :func:`shard_rows`), with what the shards need
     to know of each other."""
     x = jax.tree.map(np.asarray, x)
     n_local = num_rows(x)
-    if weights is not None:
-        weights = np.asarray(weights)
-        if weights.shape != (n_local,):
+    if row_weights is not None:
+        row_weights = np.asarray(row_weights)
+        if row_weights.shape != (n_local,):
             raise ValueError(
-                f"weights has shape {weights.shape} but x has {n_local} rows: pass one weight per "
-                "row."
+                f"row_weights has shape {row_weights.shape} but x has {n_local} rows: pass one "
+                "weight per row."
             )
     # The first row goes through the engine's own checks, which also convert the dtype (and warn
     # when float64 data meet JAX's 32-bit mode).
@@ -250,12 +252,12 @@ def place_rows(x: Any, weights: Any, mesh: Mesh) -> PlacedRows:
     offsets = jax.make_array_from_callback(
         (num_shards,), NamedSharding(mesh, P(DATA_AXIS)), lambda i: offsets[i].astype(np.int32)
     )
-    weighted = weights is not None
-    if weights is None and padded:
-        weights = np.ones(n_local, dtypes[0])
-    if weights is not None:
-        weights = place(weights, dtypes[0], 0.0)
-    return PlacedRows(x_global, weights, int(counts.sum()), offsets, shard_counts, weighted)
+    weighted = row_weights is not None
+    if row_weights is None and padded:
+        row_weights = np.ones(n_local, dtypes[0])
+    if row_weights is not None:
+        row_weights = place(row_weights, dtypes[0], 0.0)
+    return PlacedRows(x_global, row_weights, int(counts.sum()), offsets, shard_counts, weighted)
 
 
 class ShardLayout(NamedTuple):
@@ -266,12 +268,12 @@ class ShardLayout(NamedTuple):
     weighted: bool
     chunk_size: int | None
 
-    def rows(self, x: Any, weights: Array | None, row_offsets: Array) -> Rows:
+    def rows(self, x: Any, row_weights: Array | None, row_offsets: Array) -> Rows:
         """This device's shard (inside ``shard_map``) as the rows the kernel reduces, with sums
         over the data axis."""
         return Rows(
             x,
-            weights,
+            row_weights,
             row_offset=row_offsets[0],
             chunk_size=self.chunk_size,
             axis_name=DATA_AXIS,
@@ -282,9 +284,11 @@ class ShardLayout(NamedTuple):
 
 
 @partial(jit, static_argnames=("kernel", "mesh", "layout", "from_keys", "max_iter", "verbose"))
-def _fit_lanes(kernel, mesh, layout, from_keys, init, x, weights, offsets, tol, max_iter, verbose):
-    def local(init: Any, x: Any, weights: Any, offsets: Array, tol: Array) -> FitResult:
-        rows = layout.rows(x, weights, offsets)
+def _fit_lanes(
+    kernel, mesh, layout, from_keys, init, x, row_weights, offsets, tol, max_iter, verbose
+):
+    def local(init: Any, x: Any, row_weights: Any, offsets: Array, tol: Array) -> FitResult:
+        rows = layout.rows(x, row_weights, offsets)
 
         def lane(start: Any) -> FitResult:
             if from_keys:  # the one start of every driver, drawn from the shards in place
@@ -298,14 +302,14 @@ def _fit_lanes(kernel, mesh, layout, from_keys, init, x, weights, offsets, tol, 
     # psum-reduced), which the while_loop's carry check would reject: skip that check.
     return jax.shard_map(
         local, mesh=mesh, in_specs=specs, out_specs=P(RESTART_AXIS), check_vma=False
-    )(init, x, weights, offsets, tol)
+    )(init, x, row_weights, offsets, tol)
 
 
 def _fit_on_mesh(
     algo: EM,
     init: Any,
     x: Any,
-    weights: Any,
+    row_weights: Any,
     mesh: Mesh | None,
     lanes: int | None,
     max_iter: int,
@@ -323,8 +327,8 @@ def _fit_on_mesh(
     if lanes is None and restart_shards != 1:
         raise ValueError("A single fit needs a mesh with 1 restart shard: use data_mesh().")
     missing = getattr(algo.model, "handles_missing", False)
-    placed = place_rows(x, weights, mesh)
-    x, weights = prepare_data(placed.x, placed.weights, allow_missing=missing)
+    placed = place_rows(x, row_weights, mesh)
+    x, row_weights = prepare_data(placed.x, placed.row_weights, allow_missing=missing)
     algo = algo.for_data(x, 1 if lanes is None else lanes)
     from_keys = is_key(init)
     if from_keys and lanes is None:
@@ -341,7 +345,7 @@ def _fit_on_mesh(
         from_keys,
         init,
         x,
-        weights,
+        row_weights,
         placed.row_offsets,
         tol,
         max_iter,

@@ -44,7 +44,7 @@ DEFAULT_READ_ROWS = 1 << 16
 
 
 def as_chunk(item: Any) -> Chunk:
-    """A chunk from a source: ``(x, weights)`` for a pair, ``(x, None)`` otherwise."""
+    """A chunk from a source: ``(x, row_weights)`` for a pair, ``(x, None)`` otherwise."""
     if isinstance(item, tuple) and len(item) == 2:
         return item
     return item, None
@@ -109,15 +109,15 @@ class HostReader:
         return min(self.read_size, self.num_rows - index * self.read_size)
 
     def _load(self, index: int) -> Chunk:
-        x, weights = self._read(index, self._size(index))
+        x, row_weights = self._read(index, self._size(index))
         x = jax.tree.map(lambda a: np.asarray(a, self.dtype), x)
         if self.weighted:
-            weights = np.ones(num_rows(x), self.dtype) if weights is None else weights
-            weights = np.asarray(weights, self.dtype)
-        return x, weights
+            row_weights = np.ones(num_rows(x), self.dtype) if row_weights is None else row_weights
+            row_weights = np.asarray(row_weights, self.dtype)
+        return x, row_weights
 
     def _check(self, index: int, chunk: Chunk) -> None:
-        x, weights = chunk
+        x, row_weights = chunk
         for leaf in jax.tree.leaves(x):
             bad = np.isinf(leaf) if self._allow_missing else ~np.isfinite(leaf)
             if np.any(bad):
@@ -126,7 +126,7 @@ class HostReader:
                     f"{'infinity' if self._allow_missing else 'NaN or infinity'}: remove or "
                     "impute those values before fitting."
                 )
-        if weights is not None and (np.any(~np.isfinite(weights)) or np.any(weights < 0)):
+        if row_weights is not None and not np.all(np.isfinite(row_weights) & (row_weights >= 0)):
             raise ValueError(f"The weights of chunk {index} must be finite and non-negative.")
 
     def read(self, index: int, size: int) -> Chunk:
@@ -164,12 +164,14 @@ class HostReader:
             raise failure
 
 
-def _array_reader(x: Any, weights: Any, block: int) -> Callable[[int, int], Chunk]:
+def _array_reader(x: Any, row_weights: Any, block: int) -> Callable[[int, int], Chunk]:
     """Blocks of ``block`` rows sliced from arrays (memory-mapped or not)."""
 
     def read(index: int, size: int) -> Chunk:
         rows = slice(index * block, index * block + size)
-        return jax.tree.map(lambda a: a[rows], x), None if weights is None else weights[rows]
+        return jax.tree.map(lambda a: a[rows], x), None if row_weights is None else row_weights[
+            rows
+        ]
 
     return read
 
@@ -264,8 +266,8 @@ def make_reader(
         n = num_rows(source)
         if row_weights is not None and np.shape(row_weights) != (n,):
             raise ValueError(
-                f"weights has shape {np.shape(row_weights)} but x has {n} rows: pass one weight "
-                "per row."
+                f"row_weights has shape {np.shape(row_weights)} but x has {n} rows: pass one "
+                "weight per row."
             )
         head = jax.tree.map(lambda a: np.asarray(a[:1]), source)
         first_x = first_row(head)
@@ -283,7 +285,7 @@ def make_reader(
         else:
             raise ValueError(
                 f"Cannot read chunks from a {type(source).__name__}: pass an array, a path to a "
-                ".npy file, a function that yields chunks (arrays or (x, weights) pairs), or a "
+                ".npy file, a function that yields chunks (arrays or (x, row_weights) pairs), or a "
                 "list of chunks."
             )
         n, weight_sum, weighted, (head, _) = _scan_chunks(chunks, allow_missing)
@@ -403,7 +405,8 @@ def fit_stream(
         source: a path to a ``.npy`` file (memory-mapped), an array (``numpy.memmap`` included) or
             a tuple of arrays sharing the row axis (``(x, labels)``), a function returning a new
             iterator of chunks on each call, or a list of chunks. A chunk is ``x`` or an
-            ``(x, weights)`` pair (so a labelled chunk is ``((x, labels), weights)``), of any size.
+            ``(x, row_weights)`` pair (so a labelled chunk is ``((x, labels), row_weights)``), of
+            any size.
         row_weights: per-row weights for an array or ``.npy`` source (also a path or memmap).
         max_iter, tol, verbose: as in :func:`jaxem.fit`.
         checkpoint: a path: the kernel's state is saved there (:func:`jaxem.io.save_checkpoint`)

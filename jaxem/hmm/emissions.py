@@ -78,8 +78,8 @@ class MixtureEmissions(ConjugateComponents):
         """The number of states K."""
         return self.inner.num_components // self.num_mixture
 
-    def init(self, key: Array, x: Any, weights: Array | None) -> MixtureEmissionParams:
-        components = self.inner.init(key, x, weights)
+    def init(self, key: Array, x: Any, row_weights: Array | None) -> MixtureEmissionParams:
+        components = self.inner.init(key, x, row_weights)
         dtype = jax.tree.leaves(components)[0].dtype
         shape = (self.num_components, self.num_mixture)
         return MixtureEmissionParams(jnp.full(shape, 1.0 / self.num_mixture, dtype), components)

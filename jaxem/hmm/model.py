@@ -258,19 +258,19 @@ class HiddenMarkovModel:
 
     # ---- the Model contract ----------------------------------------------------------------------
 
-    def _step_weights(self, data: Sequences, weights: Array | None, dtype: Any) -> Array:
+    def _step_weights(self, data: Sequences, row_weights: Array | None, dtype: Any) -> Array:
         """Per time step weight ``[B, T]``: the sequence's weight on real steps, 0 on padding."""
         b, t = _steps_shape(data.observations)
         valid = jnp.arange(t)[None, :] < data.lengths[:, None]
-        w = jnp.ones((b,), dtype) if weights is None else weights.astype(dtype)
+        w = jnp.ones((b,), dtype) if row_weights is None else row_weights.astype(dtype)
         return jnp.where(valid, w[:, None], 0)
 
-    def init(self, key: Array, x: Sequences, weights: Array | None) -> HMMParams:
+    def init(self, key: Array, x: Sequences, row_weights: Array | None) -> HMMParams:
         """Uniform initial and transition probabilities; emissions from the family's ``init`` on
         the real steps of all sequences."""
         observations = x.observations
         dtype = jax.tree.leaves(observations)[0].dtype
-        step_weights = self._step_weights(x, weights, dtype).reshape(-1)
+        step_weights = self._step_weights(x, row_weights, dtype).reshape(-1)
         emissions = self.emissions.init(key, _flatten_steps(observations), step_weights)
         k = self.num_components
         return HMMParams(
@@ -278,13 +278,13 @@ class HiddenMarkovModel:
         )
 
     def e_step(
-        self, params: HMMParams, x: Sequences, weights: Array | None
+        self, params: HMMParams, x: Sequences, row_weights: Array | None
     ) -> tuple[HMMStats, Array]:
         smoothed = self.smooth(params, x)
         dtype = smoothed.posteriors.dtype
         emission_stats = None
         if isinstance(self.emissions, ConjugateComponents):
-            step_weights = self._step_weights(x, weights, dtype)
+            step_weights = self._step_weights(x, row_weights, dtype)
             resp = jnp.where(
                 step_weights[..., None] > 0, smoothed.posteriors * step_weights[..., None], 0
             )
@@ -294,11 +294,11 @@ class HiddenMarkovModel:
                 resp.reshape(-1, self.num_components),
             )
         stats = HMMStats(
-            weighted_sum(smoothed.posteriors[:, 0], weights),
-            weighted_sum(smoothed.transition_counts, weights),
+            weighted_sum(smoothed.posteriors[:, 0], row_weights),
+            weighted_sum(smoothed.transition_counts, row_weights),
             emission_stats,
         )
-        return stats, weighted_sum(smoothed.log_likelihood, weights)
+        return stats, weighted_sum(smoothed.log_likelihood, row_weights)
 
     def _transition_prior(self, dtype: Any) -> Array:
         k = self.num_components
@@ -367,7 +367,7 @@ class HiddenMarkovModel:
         )
 
     def expected_log_joint(
-        self, params: HMMParams, params_old: HMMParams, x: Sequences, weights: Array | None
+        self, params: HMMParams, params_old: HMMParams, x: Sequences, row_weights: Array | None
     ) -> Array:
         """Q(params | params_old) on one chunk of sequences, without the prior.
 
@@ -376,9 +376,9 @@ class HiddenMarkovModel:
         """
         smoothed = jax.lax.stop_gradient(self.smooth(jax.lax.stop_gradient(params_old), x))
         per_sequence = self._expected_complete_log_likelihood(params, smoothed, x.observations)
-        return weighted_sum(per_sequence, weights)
+        return weighted_sum(per_sequence, row_weights)
 
-    def entropy(self, params: HMMParams, x: Sequences, weights: Array | None) -> Array:
+    def entropy(self, params: HMMParams, x: Sequences, row_weights: Array | None) -> Array:
         """Weighted entropy of the posterior over state paths on one chunk of sequences.
 
         ``H(z | x) = log p(x) - E_q[log p(x, z)]``: the expectation needs only the smoothed
@@ -388,7 +388,7 @@ class HiddenMarkovModel:
         smoothed = self.smooth(params, x)
         expected = self._expected_complete_log_likelihood(params, smoothed, x.observations)
         # An entropy is non-negative; the difference can round to just below 0 when q is certain.
-        return weighted_sum(jnp.maximum(smoothed.log_likelihood - expected, 0), weights)
+        return weighted_sum(jnp.maximum(smoothed.log_likelihood - expected, 0), row_weights)
 
     def num_free_parameters(self, num_features: int) -> int:
         """``K - 1`` initial and ``K (K - 1)`` transition probabilities plus the emission family's
@@ -403,7 +403,7 @@ class HiddenMarkovModel:
         k = self.num_components
         return (k - 1) + k * (k - 1) + count_free_parameters(self.emissions, num_features)
 
-    def num_observations(self, x: Sequences, weights: Array | None) -> Array:
+    def num_observations(self, x: Sequences, row_weights: Array | None) -> Array:
         """The (weighted) number of real time steps, the sample size of BIC for an HMM."""
         dtype = jax.tree.leaves(x.observations)[0].dtype
-        return jnp.sum(self._step_weights(x, weights, dtype))
+        return jnp.sum(self._step_weights(x, row_weights, dtype))
