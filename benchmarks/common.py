@@ -10,7 +10,12 @@ ratio and writes a JSON record to ``benchmarks/results/`` (git-ignored). Typical
     write_json("my_benchmark", {"machine": machine_info(), "rows": rows})
 
 Scripts are run from the repository root (``python benchmarks/<name>.py``) or from ``benchmarks/``;
-both find this module because Python puts the script's folder on ``sys.path``.
+both find this module because Python puts the script's folder on ``sys.path``. Importing it puts
+this checkout's root on ``sys.path`` right after the ``PYTHONPATH`` entries, so that the scripts
+measure this checkout's jaxem (installed or not) unless ``PYTHONPATH`` names another one:
+``PYTHONPATH=/other/checkout python benchmarks/<name>.py --out /tmp/other`` measures the jaxem at
+``/other/checkout`` with these scripts, subprocesses included (see :func:`subprocess_env`), and
+:func:`machine_info` records which jaxem ran.
 """
 
 from __future__ import annotations
@@ -29,8 +34,45 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+RESULTS_DIR = HERE / "results"
+REPO_ROOT = HERE.parent
+
+
+def _use_this_checkout() -> None:
+    # sys.path is [script folder, *PYTHONPATH, stdlib..., site-packages]: after PYTHONPATH, so that
+    # PYTHONPATH picks another checkout, and before site-packages, so that an installed jaxem does
+    # not hide this one.
+    if str(REPO_ROOT) in sys.path:
+        return
+    pythonpath = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)}
+    after = [i + 1 for i, entry in enumerate(sys.path) if os.path.abspath(entry) in pythonpath]
+    sys.path.insert(max(after, default=1), str(REPO_ROOT))
+
+
+_use_this_checkout()
+
+
+def jaxem_root() -> Path:
+    """The folder holding the ``jaxem`` package that ``import jaxem`` finds here (not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("jaxem")
+    if spec is None or spec.origin is None:
+        raise ImportError("jaxem is not importable: run from a checkout or set PYTHONPATH")
+    return Path(spec.origin).resolve().parent.parent
+
+
+def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a benchmark's Python subprocess: it imports the same jaxem as this
+    process. Run it with ``cwd=HERE`` (``python -c`` puts its working folder first on
+    ``sys.path``, and a checkout's root would shadow ``PYTHONPATH``)."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        [str(jaxem_root()), *filter(None, [full_env.get("PYTHONPATH")])]
+    )
+    full_env.update(env or {})
+    return full_env
 
 
 @dataclass(frozen=True)
@@ -107,9 +149,10 @@ def matmul_peak_gflops(dtype: str = "float64", size: int = 2048, repeat: int = 5
 def peak_rss_of(code: str, *, env: dict[str, str] | None = None, timeout: float = 1800) -> float:
     """High-water resident set size in MiB of a fresh Python process running ``code``.
 
-    The process runs with the repository root on ``PYTHONPATH``; its own high-water mark (``VmHWM``
-    on Linux, else ``ru_maxrss``) is read at exit, so the figure includes the interpreter and the
-    imported libraries (measure an import-only baseline with the same imports to separate them).
+    The process imports the same jaxem as this one (see :func:`subprocess_env`); its own
+    high-water mark (``VmHWM`` on Linux, else ``ru_maxrss``) is read at exit, so the figure
+    includes the interpreter and the imported libraries (measure an import-only baseline with the
+    same imports to separate them).
     """
     # VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec, so a child forked from a large parent
     # would report the parent's high-water mark.
@@ -126,14 +169,10 @@ def peak_rss_of(code: str, *, env: dict[str, str] | None = None, timeout: float 
         print("PEAK_RSS_BYTES", _peak)
         """
     )
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT), *filter(None, [full_env.get("PYTHONPATH")])]
-    )
-    full_env.update(env or {})
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code) + epilogue],
-        env=full_env,
+        env=subprocess_env(env),
+        cwd=HERE,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -160,6 +199,7 @@ def machine_info() -> dict[str, Any]:
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()],
     }
+    info.update(jaxem_source())
     if hasattr(os, "getloadavg"):
         info["load_average"] = os.getloadavg()
     try:
@@ -168,6 +208,28 @@ def machine_info() -> dict[str, Any]:
         info["sklearn"] = sklearn.__version__
     except ImportError:
         pass
+    return info
+
+
+def jaxem_source() -> dict[str, Any]:
+    """Which jaxem is measured: its folder and, in a git checkout, the commit and whether the
+    work tree differs from it."""
+    root = jaxem_root()
+    info: dict[str, Any] = {"jaxem_path": str(root / "jaxem")}
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+            )
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    if commit:
+        info["jaxem_commit"] = commit
+        info["jaxem_modified"] = bool(git("status", "--porcelain", "--", "jaxem"))
     return info
 
 

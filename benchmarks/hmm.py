@@ -12,7 +12,8 @@ dynamax runs in another interpreter (``--dynamax-python``, e.g. a separate venv)
 importable here, fed the same arrays through a temporary ``.npz``; its ``fit_em`` compiles on every
 call, so its first call is what a user waits for.
 
-Usage: ``python benchmarks/hmm.py [--quick] [--dynamax-python /path/to/python]``
+Usage: ``python benchmarks/hmm.py [--quick] [--cases many,long,restarts] [--out folder]
+[--dynamax-python /path/to/python]``
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-# Run as a script, this folder (for common.py) leads sys.path; jaxem may be uninstalled.
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+# Run as a script, this folder leads sys.path: common.py puts this checkout's jaxem after
+# PYTHONPATH (jaxem may be uninstalled; PYTHONPATH=/other/checkout measures another one).
 from common import (
+    RESULTS_DIR,
     best_time,
     block,
     first_call_time,
@@ -101,14 +103,33 @@ def jaxem_setup(init, inference: str = "sequential"):
     return jaxem.em(model), params
 
 
-def time_jaxem(x, lengths, init, iters, *, inference="sequential", tol=0.0, repeat=3):
-    import jaxem
+def prepared_sequences(x, lengths):
+    """The padded sequences as jaxem's drivers convert and check them, so that the timed fits
+    start from arrays already on the device (their own checks then copy nothing)."""
     from jaxem.hmm import pad_sequences
 
+    try:
+        from jaxem.core.inputs import prepare_data
+    except ImportError:  # a jaxem from before jaxem/core/inputs.py, for before/after runs
+        from jaxem.core.engine import prepare_data
+    data, _ = prepare_data(pad_sequences(x, lengths))
+    return data
+
+
+def total_log_likelihood(model, params, data) -> float:
+    """The log-likelihood of all the sequences at ``params`` (hmmlearn's ``score``)."""
+    import jax.numpy as jnp
+
+    return float(jnp.sum(model.smooth(params, data).log_likelihood))
+
+
+def time_jaxem(x, lengths, init, iters, *, inference="sequential", tol=0.0, repeat=3):
+    import jaxem
+
     algo, params = jaxem_setup(init, inference)
-    data = pad_sequences(x, lengths)
-    data, _ = jaxem.core.engine.prepare_data(data)
-    # tol per sequence: hmmlearn's tol applies to the total log-likelihood.
+    data = prepared_sequences(x, lengths)
+    # jaxem's tol applies to the log-likelihood per sequence (the mean over the rows, which are
+    # the sequences); hmmlearn's to the total.
     tol = tol / len(lengths)
 
     def run():
@@ -117,7 +138,8 @@ def time_jaxem(x, lengths, init, iters, *, inference="sequential", tol=0.0, repe
     first = first_call_time(run)
     warm = best_time(run, repeat=repeat)
     result = run()
-    return first, warm.best, int(result.num_iters), float(result.log_likelihood) * len(lengths)
+    log_likelihood = total_log_likelihood(algo.model, result.params, data)
+    return first, warm.best, int(result.num_iters), log_likelihood
 
 
 def time_hmmlearn(x, lengths, init, iters, implementation, *, tol=-np.inf):
@@ -261,12 +283,12 @@ def case_restarts(args, rows):
     import jax
 
     import jaxem
-    from jaxem.hmm import HiddenMarkovModel, pad_sequences
+    from jaxem.hmm import HiddenMarkovModel
 
     x, lengths, _ = make_problem(2, args.restart_sequences, args.length)
     iters, restarts = args.iters, args.restarts
     algo = jaxem.em(HiddenMarkovModel(jaxem.Gaussian(K, "diag", reg_covar=1e-3)))
-    data, _ = jaxem.core.engine.prepare_data(pad_sequences(x, lengths))
+    data = prepared_sequences(x, lengths)
 
     def run():
         return block(
@@ -304,6 +326,12 @@ def main() -> None:
     parser.add_argument("--dynamax-python", default=None, help="interpreter with dynamax")
     parser.add_argument("--dynamax-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cases", default="many,long,restarts")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS_DIR,
+        help="folder for the JSON record (default: %(default)s)",
+    )
     args = parser.parse_args()
     if args.dynamax_worker:
         dynamax_worker(args.dynamax_worker)
@@ -324,7 +352,7 @@ def main() -> None:
     for name in args.cases.split(","):
         cases[name](args, rows)
         print_table(rows[-1:], list(rows[-1]))
-    path = write_json("hmm", {"machine": machine_info(), "quick": quick, "rows": rows})
+    path = write_json("hmm", {"machine": machine_info(), "quick": quick, "rows": rows}, args.out)
     print(f"wrote {Path(path)}")
 
 

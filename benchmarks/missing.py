@@ -11,17 +11,14 @@ starts; the compile time is excluded (one warm-up fit). Writes benchmarks/result
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import jax
 
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
+
+# Run as a script, this folder leads sys.path; common.py puts this checkout's jaxem after
+# PYTHONPATH (so PYTHONPATH=/other/checkout measures another one).
 from common import base_parser, best_time, block, machine_info, print_table, write_json  # noqa: E402
 from sklearn.mixture import GaussianMixture  # noqa: E402
 

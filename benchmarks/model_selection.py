@@ -10,18 +10,14 @@ is timed as ``for K, type: GaussianMixture(K, type, n_init=R).fit(x).bic(x)``.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as a script, this folder leads sys.path: put the repository first so jaxem resolves here.
-_HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(_HERE.parent))
-
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
+
+# Run as a script, this folder leads sys.path; common.py puts this checkout's jaxem after
+# PYTHONPATH (so PYTHONPATH=/other/checkout measures another one).
 from common import base_parser, best_time, first_call_time, machine_info, print_table, write_json  # noqa: E402
 from sklearn.mixture import GaussianMixture  # noqa: E402
 

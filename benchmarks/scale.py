@@ -9,12 +9,16 @@ that also runs one tiny jitted function (XLA's runtime and compiler start-up, pa
 program). The target is a peak below twice the data above the import-only baseline. Two inputs:
 a JAX array already on the device, and a NumPy array as NumPy allocates it (16-byte aligned, so
 JAX copies it: the user's array and JAX's copy are both resident, 2x the data by themselves).
-``--stages`` prints where the memory goes, stage by stage, in one process.
+``--stages`` prints where the memory goes, stage by stage, in one process (it takes ``jaxem.fit``
+apart with the drivers' own pieces, so it needs the layout of ``jaxem/drivers/``; the rest runs on
+any jaxem with ``jaxem.fit`` and ``jaxem.streaming.fit_stream``, e.g. another checkout named by
+``PYTHONPATH``).
 
 scikit-learn runs on the same data in this process at the sizes given by ``--sklearn-max`` for
 the ratio. Out of core: a ``.npy`` file of ``--ooc-rows`` x 8 float32 rows (10^8, 3.2 GB, by
-default) is written chunk by chunk and fitted by ``jaxem.streaming.fit_stream``: seconds per pass,
-points per second, and the process's own peak memory. VmHWM counts the memory-mapped file's pages
+default) is written chunk by chunk and fitted by ``jaxem.streaming.fit_stream``: seconds per pass
+(of a second, compiled call), points per second, the first call's seconds (compilation included),
+and the process's own peak memory. VmHWM counts the memory-mapped file's pages
 in the page cache, which the kernel reclaims at will; the anonymous resident memory (RssAnon,
 sampled every 10 ms by a thread) is what the process itself holds, and it does not grow with N.
 
@@ -25,14 +29,21 @@ sampled every 10 ms by a thread) is what the process itself holds, and it does n
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import REPO_ROOT, base_parser, machine_info, peak_rss_of, print_table, write_json
+from common import (
+    HERE,
+    base_parser,
+    machine_info,
+    peak_rss_of,
+    print_table,
+    subprocess_env,
+    write_json,
+)
 
 D, K = 8, 8
 ITERS = 10  # --iters
@@ -90,19 +101,22 @@ stage("one tiny jit")
     + MAKE_DATA.replace("if {on_device}:", "stage('data on the host')\nif {on_device}:")
     + """
 stage("data on the device")
-from jaxem.core import engine
-from jaxem.core.subsample import sample_size
+# jaxem.fit from a key, one stage at a time: the same checks, start and fit program.
+from jaxem.core.inputs import prepare_data
+from jaxem.core.precision import jit
+from jaxem.drivers.fit import run_fit, start_params, take_lane
 algo = jaxem.em(jaxem.Mixture(jaxem.Gaussian({k})))
-prepared, _ = engine.prepare_data(x, None)
+prepared, _ = prepare_data(x, None)
 stage("prepare_data (checks)")
-algo = engine._resolve(algo, prepared)
-size = sample_size(prepared)
-params = engine._start_from_key(algo.model, jax.random.key(0), prepared, None, size)
+algo = algo.for_data(prepared)
+rows = algo.rows(prepared, None)
+params = take_lane(start_params(algo.model, jax.random.key(0)[None], rows), 0)
 jax.block_until_ready(params)
 stage("initialisation (compiled and run)")
-compiled = engine._fit_from_params.lower(algo, params, prepared, None, 0.0, {iters}, 0).compile()
+program = jit(run_fit, static_argnames=("kernel", "max_iter"))
+compiled = program.lower(algo.kernel, params, rows, 0.0, {iters}).compile()
 stage("fit compiled")
-result = compiled(params, prepared, None, 0.0)
+result = compiled(params, rows, 0.0)
 result.log_likelihood.block_until_ready()
 stage("fit run")
 """
@@ -114,10 +128,12 @@ def _run(code: str) -> str:
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        cwd=REPO_ROOT,
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        cwd=HERE,
+        check=False,
+        env=subprocess_env(),
     )
+    if done.returncode:
+        raise RuntimeError(f"probe failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     return done.stdout
 
 
@@ -194,8 +210,12 @@ threading.Thread(target=sample, daemon=True).start()
 algo = jaxem.em(jaxem.Mixture(jaxem.Gaussian({k})), chunk_size={chunk})
 x = np.load({path!r}, mmap_mode="r")
 params = jax.jit(algo.model.init)(jax.random.key(0), np.asarray(x[:{chunk}]), None)
-# A first pass over a small file compiles the pass, so the timed passes run compiled code.
-streaming.fit_stream(algo, params, np.asarray(x[: 2 * {chunk}]), max_iter=1, tol=0.0)
+# The first call compiles; the timed call, the same again, runs compiled code. (A call on a
+# smaller file is not enough: a jaxem may compile its passes for the file's number of rows.)
+start = time.perf_counter()
+result = streaming.fit_stream(algo, params, {path!r}, max_iter={passes} - 1, tol=0.0)
+result.log_likelihood.block_until_ready()
+print("FIRST", time.perf_counter() - start)
 start = time.perf_counter()
 result = streaming.fit_stream(algo, params, {path!r}, max_iter={passes} - 1, tol=0.0)
 result.log_likelihood.block_until_ready()
@@ -227,6 +247,7 @@ def out_of_core(rows: int, chunk: int, folder: Path) -> dict:
     code = OUT_OF_CORE.format(k=K, chunk=chunk, path=str(path), passes=PASSES)
     stdout = _run(code)
     seconds = _value(stdout, "SECONDS")
+    first = _value(stdout, "FIRST")
     anon = _value(stdout, "PEAK_ANON")
     hwm = peak_rss_of(code)
     path.unlink()
@@ -236,6 +257,8 @@ def out_of_core(rows: int, chunk: int, folder: Path) -> dict:
         write_s=written,
         seconds_per_pass=seconds / PASSES,
         pts_per_s=rows * PASSES / seconds,
+        # The same fit's first call: compilation included.
+        first_call_s=first,
         peak_anon_mib=anon,
         # VmHWM includes the page cache of the mapped file: shown, but not the process's own.
         vmhwm_mib=hwm,
@@ -268,7 +291,7 @@ def main() -> None:
             ooc = [out_of_core(r, args.ooc_chunk, Path(folder)) for r in ooc_rows]
         print_table(ooc, list(ooc[0]))
         record["out_of_core"] = ooc
-    print("results:", write_json("scale", record))
+    print("results:", write_json("scale", record, args.out))
 
 
 if __name__ == "__main__":

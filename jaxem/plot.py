@@ -150,7 +150,8 @@ def plot_mixture(
 
 
 def plot_log_likelihood(result: FitResult, *, ax: Axes | None = None) -> Figure:
-    """Mean log-likelihood per EM iteration of every restart (the best one highlighted).
+    """Log-likelihood per EM iteration of every restart (the best one highlighted): the
+    ``history`` of ``result``, totals over the (weighted) rows.
 
     ``result`` is a :class:`jaxem.FitResult`, with a leading restart axis (from
     :func:`jaxem.fit_restarts`) or without (from :func:`jaxem.fit`).
@@ -170,7 +171,7 @@ def plot_log_likelihood(result: FitResult, *, ax: Axes | None = None) -> Figure:
         np.arange(1, n + 1), history[best, :n], color="C3", lw=2, label=f"best (restart {best})"
     )
     ax.set_xlabel("EM iteration")
-    ax.set_ylabel("mean log-likelihood")
+    ax.set_ylabel("log-likelihood")
     ax.set_title(f"{history.shape[0]} restart{'s' if history.shape[0] > 1 else ''}")
     ax.legend(loc="lower right")
     return fig

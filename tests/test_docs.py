@@ -21,6 +21,8 @@ NOT_ENTRY_POINTS = {
     "Components",
     "ConjugateComponents",
     "ConvergenceWarning",
+    "EMInfo",
+    "EMState",
     "FitResult",
     "GammaParams",
     "GaussianParams",

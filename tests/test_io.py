@@ -325,3 +325,66 @@ def test_hmm_estimator_round_trips(tmp_path):
     assert type(back) is GaussianHMM and back.get_params() == hmm.get_params()
     np.testing.assert_array_equal(back.predict(x, lengths), hmm.predict(x, lengths))
     assert back.score(x, lengths) == hmm.score(x, lengths)
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trips_a_kernel_state_exactly_and_refuses_another_fit(
+    tmp_path, fitted_result
+):
+    x = jnp.asarray(data())
+    squarem = jaxem.em(jaxem.Mixture(jaxem.Gaussian(2, "diag")), accelerate="squarem")
+    rows = squarem.rows(x)
+    params = squarem.model.init(jax.random.key(0), x, None)
+    state = squarem.kernel.init(params, rows, tol=1e-4, max_iter=9)
+    step = jax.jit(squarem.kernel.step)
+    history = []
+    for _ in range(3):
+        state, info = step(state, rows)
+        history.append(float(info.log_likelihood))
+    assert state.accelerator is not None  # SQUAREM's cycle is part of the state
+    path = tmp_path / "state.npz"
+    jio.save_checkpoint(path, state, history)
+    saved = jio.load_checkpoint(path, jax.eval_shape(lambda: state))
+    assert isinstance(saved, jio.Checkpoint)
+    assert_same_tree(saved.state, state)
+    np.testing.assert_array_equal(saved.history, history)
+    assert jio.read_metadata(path)["kind"] == "checkpoint"
+
+    # Another acceleration, or another model, is another fit.
+    plain = jaxem.em(squarem.model)
+    another = tmp_path / "another.npz"
+    jio.save_checkpoint(another, plain.kernel.init(params, rows), [])
+    wider = jaxem.em(jaxem.Mixture(jaxem.Gaussian(3, "diag")))
+    wider_params = wider.model.init(jax.random.key(0), x, None)
+    for path_, like in [
+        (path, plain.kernel.init(params, rows)),
+        (another, squarem.kernel.init(params, rows)),
+        (path, wider.kernel.init(wider_params, rows)),
+    ]:
+        with pytest.raises(ValueError) as info:
+            jio.load_checkpoint(path_, like)
+        assert str(info.value) == (
+            f"The checkpoint {path_} was saved for another fit (another model, shape, dtype, "
+            "M-step or acceleration): delete it, or pass the checkpoint of this fit."
+        )
+
+    # A checkpoint is not a model with its parameters, and the other way round.
+    with pytest.raises(ValueError) as info:
+        jio.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} holds the checkpoint of a fit of ")
+    assert message.endswith(
+        " components, not a model with its parameters: load it with "
+        "jaxem.io.load_checkpoint(path, like), or resume the fit that wrote it."
+    )
+    model, result = fitted_result
+    result_path = tmp_path / "result.npz"
+    jio.save(result_path, model, result.params)
+    with pytest.raises(ValueError) as info:
+        jio.load_checkpoint(result_path, state)
+    assert str(info.value) == (
+        f"{result_path} holds a Mixture model with its parameters, not a checkpoint: load it "
+        "with jaxem.io.load(path), which returns (model, params)."
+    )

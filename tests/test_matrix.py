@@ -10,8 +10,6 @@ and checked against it here.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -26,8 +24,8 @@ from jaxem import streaming
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import matrix_cases as cases
+from four_devices import REPO, TESTS, run_on_four_devices
 
-REPO = Path(__file__).resolve().parent.parent
 ITERS = cases.NUM_ITERS
 
 EXACT = "equal"  # equals the in-memory fit from the same start
@@ -144,20 +142,8 @@ np.savez({out!r}, **out)
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("matrix")
-    script = tmp / "worker.py"
     out = tmp / "out.npz"
-    script.write_text(WORKER.format(tests=str(REPO / "tests"), out=str(out), iters=ITERS))
-    env = dict(
-        os.environ,
-        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4",
-        JAX_ENABLE_X64="1",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(REPO),
-    )
-    proc = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_on_four_devices(WORKER.format(tests=str(TESTS), out=str(out), iters=ITERS), tmp)
     return dict(np.load(out))
 
 

@@ -4,7 +4,7 @@ equal one device, with data sizes that leave padding on the last shard."""
 import jax
 import numpy as np
 import pytest
-from test_parallel import assert_same_leaves, run_worker
+from four_devices import assert_same_leaves, run_worker
 
 import jaxem
 from jaxem.hmm import HiddenMarkovModel, pad_sequences
@@ -44,7 +44,7 @@ import jax
 import numpy as np
 from jaxem import parallel
 sys.path.insert(0, {tests!r})
-from test_parallel import leaves_by_name
+from four_devices import leaves_by_name
 from test_parallel_combinations import (
     MAX_ITER, hmm_algo, mixture_data, sequence_data, squarem_algo
 )

@@ -1,14 +1,18 @@
 """Sharded fits with the gradient (generalized-EM) M-step: Q and its gradient are summed over the
-devices, so 4 host devices (a subprocess) take the same steps as one device."""
+devices, so 4 host devices (a subprocess) take the same steps as one device. So does a user's own
+M-step that makes a pass over the rows: every pass over a shard sums over the devices."""
+
+from dataclasses import dataclass
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_parallel import assert_same_leaves, run_worker
+from four_devices import assert_same_leaves, run_worker
 
 import jaxem
-from jaxem import parallel
 from jaxem.testing import gradient_only
 
 NUM_POINTS = 1001  # not divisible by 4: the last shard is padded with weight-0 rows
@@ -33,14 +37,34 @@ def gaussian_algo() -> jaxem.EM:
     return jaxem.em(jaxem.Mixture(gradient_only(jaxem.Gaussian(3, "diag"))), mstep, chunk_size=128)
 
 
+@dataclass(frozen=True)
+class OwnWeights:
+    """A user's M-step (the protocol of jaxem.core.mstep.MStep): the components in closed form,
+    the mixture weights from a pass of its own over the rows divided by their total weight."""
+
+    def init_state(self, model: Any, params: Any) -> None:
+        return None
+
+    def update(self, model: Any, params: Any, stats: Any, rows: Any, state: Any) -> tuple:
+        counts = rows.reduce(lambda xc, wc, _: model.e_step(params, xc, wc)[0].counts)
+        weights = (counts / rows.total_weight(counts.dtype)).astype(params.weights.dtype)
+        return model.m_step(params, stats)._replace(weights=weights), state, jnp.array(True)
+
+
+def custom_algo() -> jaxem.EM:
+    return jaxem.em(jaxem.Mixture(jaxem.Gaussian(3, "diag")), OwnWeights(), chunk_size=128)
+
+
 WORKER = """
 import sys
 import jax
 import numpy as np
 from jaxem import parallel
 sys.path.insert(0, {tests!r})
-from test_parallel import leaves_by_name
-from test_parallel_gradient import MAX_ITER, gaussian_algo, make_data, student_algo
+from four_devices import leaves_by_name
+from test_parallel_gradient import (
+    MAX_ITER, custom_algo, gaussian_algo, make_data, student_algo
+)
 
 assert len(jax.devices()) == 4 and jax.config.jax_enable_x64
 x, weights = make_data()
@@ -51,6 +75,7 @@ results = {{
         gaussian_algo(), jax.random.key(3), x, num_restarts=2,
         mesh=parallel.data_mesh(num_restart_shards=2), **fit
     )[1],
+    "custom": parallel.fit_sharded(custom_algo(), jax.random.key(5), x, weights, **fit),
 }}
 out = leaves_by_name(results)
 np.savez({out!r}, **out)
@@ -86,12 +111,17 @@ def test_gaussian_gradient_restarts_by_data_mesh_equal_one_device(sharded):
     assert_same_fit(sharded, "gaussian_lanes", lanes)
 
 
-@pytest.mark.timeout(60)
-def test_sharded_fit_rejects_an_mstep_that_cannot_sum_over_devices():
-    class Custom:
-        def update(self, model, params, stats, x, weights, chunk_size):
-            return model.m_step(params, stats)
-
-    algo = jaxem.em(jaxem.Mixture(jaxem.Gaussian(2)), Custom())
-    with pytest.raises(ValueError, match=r"jaxem\.ClosedForm or jaxem\.Gradient, got Custom"):
-        parallel.fit_sharded(algo, jax.random.key(0), make_data()[0])
+@pytest.mark.timeout(280)
+def test_own_mstep_with_a_pass_over_the_rows_on_four_devices_equals_one_device(sharded):
+    x, weights = make_data()
+    fit = dict(max_iter=MAX_ITER, tol=0.0)
+    expected = jaxem.fit(custom_algo(), jax.random.key(5), x, weights, **fit)
+    # The M-step is EM's: its weights are the closed form's (counts over the total weight).
+    closed = jaxem.em(custom_algo().model, chunk_size=128)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-10),
+        expected,
+        jaxem.fit(closed, jax.random.key(5), x, weights, **fit),
+    )
+    # Shard-local counts over a shard's weight would differ: the pass summed over the devices.
+    assert_same_fit(sharded, "custom", expected)

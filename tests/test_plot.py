@@ -72,6 +72,8 @@ def test_log_likelihood_plot_has_one_trace_per_restart(fitted, tmp_path):
     best = int(np.argmax(np.asarray(lanes.log_likelihood)))
     n = int(lanes.num_iters[best])
     np.testing.assert_array_equal(lines[-1].get_ydata(), np.asarray(lanes.history[best, :n]))
+    # The history is a total over the rows, not a mean: the axis says so.
+    assert fig.axes[0].get_ylabel() == "log-likelihood"
     _saved(fig, tmp_path, "trace.png")
 
 

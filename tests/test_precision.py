@@ -6,6 +6,9 @@ against float64) are what a reduced precision breaks.
 """
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +16,8 @@ import numpy as np
 import pytest
 
 import jaxem
-from jaxem import sklearn as jaxem_sklearn
-from jaxem.core import engine
 from jaxem.core.precision import full_precision, jit
-from jaxem.streaming import _online_update
+from jaxem.testing import count_compilations
 
 
 def data(dtype=np.float32) -> jax.Array:
@@ -25,56 +26,76 @@ def data(dtype=np.float32) -> jax.Array:
     return jnp.asarray(x, dtype)
 
 
-def dot_precisions(lowered: jax.stages.Lowered) -> list[str]:
-    """The precision of every matrix product in a lowered program (its StableHLO text)."""
-    text = lowered.as_text()
+def dot_precisions(text: str) -> list[str]:
+    """The precision of every matrix product in a program's StableHLO text."""
     dots = re.findall(r"stablehlo\.dot_general.*", text)
-    assert dots, "the program has no matrix product to check"
     found = [re.search(r"precision = \[(\w+),", dot) for dot in dots]
     return [match.group(1) if match else "DEFAULT" for match in found]
 
 
+@contextmanager
+def lowered_programs(directory: Path) -> Iterator[list[str]]:
+    """The StableHLO text of every program lowered inside the block (JAX's IR dump), filled in
+    when the block ends. The compiled-program caches are emptied first, so that every program the
+    block runs is lowered (and seen) again."""
+    programs: list[str] = []
+    jax.clear_caches()
+    previous = jax.config.values["jax_dump_ir_to"]
+    jax.config.update("jax_dump_ir_to", str(directory))
+    try:
+        yield programs
+    finally:
+        jax.config.update("jax_dump_ir_to", previous)
+    programs.extend(path.read_text() for path in sorted(directory.glob("*.mlir")))
+
+
+def products(programs: list[str]) -> list[list[str]]:
+    """The precisions of the products of each program that has any."""
+    found = [dot_precisions(text) for text in programs]
+    return [precisions for precisions in found if precisions]
+
+
 @pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
-def test_fit_programs_take_products_at_the_highest_precision(covariance_type):
+def test_fit_programs_take_products_at_the_highest_precision(covariance_type, tmp_path):
     x = data()
     algo = jaxem.em(jaxem.Mixture(jaxem.Gaussian(2, covariance_type)))
     params = algo.model.init(jax.random.key(0), x, None)
-    tol = jnp.float32(1e-3)
-    single = engine._fit_from_params.lower(algo, params, x, None, tol, max_iter=3, verbose=0)
     lanes = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), params)
-    restarts = engine._fit_restarts_from_params.lower(
-        algo, lanes, x, None, tol, max_iter=3, verbose=0
-    )
-    start = engine._start_from_key.lower(algo.model, jax.random.key(0), x, None, size=300)
-    for program in (single, restarts, start):
-        assert set(dot_precisions(program)) == {"HIGHEST"}
+    with lowered_programs(tmp_path) as programs:
+        jaxem.fit(algo, jax.random.key(0), x, max_iter=3)  # the start from a key, and the fit
+        jaxem.fit_restarts(algo, lanes, x, max_iter=3)
+    found = products(programs)
+    assert len(found) >= 3, "the start, the fit and the restarts have matrix products"
+    for precisions in found:
+        assert set(precisions) == {"HIGHEST"}
 
 
-def test_estimator_programs_take_products_at_the_highest_precision():
-    x = data()
-    model = jaxem.Mixture(jaxem.Gaussian(2))
-    params = model.init(jax.random.key(0), x, None)
-    per_row = jaxem_sklearn._per_row.lower(model, params, x, output="log_prob", batch_size=100)
-    attributes = jaxem_sklearn._gaussian_attributes.lower(
-        model.components, params.components, jnp.ones(2, x.dtype)
-    )
-    for program in (per_row, attributes):
-        assert set(dot_precisions(program)) == {"HIGHEST"}
+def test_estimator_programs_take_products_at_the_highest_precision(tmp_path):
+    x = np.asarray(data())
+    with lowered_programs(tmp_path) as programs:
+        estimator = jaxem.GaussianMixture(2, max_iter=3, random_state=0).fit(x)
+        estimator.score_samples(x)
+        estimator.predict_proba(x)
+    found = products(programs)
+    assert len(found) >= 3
+    for precisions in found:
+        assert set(precisions) == {"HIGHEST"}
 
 
 @pytest.mark.parametrize(
     ("choice", "expected"),
     [("tensorfloat32", "HIGH"), ("bfloat16", "DEFAULT"), ("float32", "HIGHEST")],
 )
-def test_a_precision_the_user_chose_is_kept(choice, expected):
+def test_a_precision_the_user_chose_is_kept(choice, expected, tmp_path):
     x = data()
     algo = jaxem.em(jaxem.Mixture(jaxem.Gaussian(2)))
     params = algo.model.init(jax.random.key(0), x, None)
-    with jax.default_matmul_precision(choice):
-        program = engine._fit_from_params.lower(
-            algo, params, x, None, jnp.float32(1e-3), max_iter=3, verbose=0
-        )
-    assert set(dot_precisions(program)) == {expected}
+    with lowered_programs(tmp_path) as programs, jax.default_matmul_precision(choice):
+        jaxem.fit(algo, params, x, max_iter=3)
+    found = products(programs)
+    assert found, "the fit has matrix products"
+    for precisions in found:
+        assert set(precisions) == {expected}
 
 
 def test_partial_fit_compiles_its_update_once():
@@ -82,10 +103,10 @@ def test_partial_fit_compiles_its_update_once():
     estimator = jaxem.GaussianMixture(2, random_state=0)
     # The first update (no running statistics yet) is a program of its own.
     estimator.partial_fit(x[:75]).partial_fit(x[75:150])
-    compiled = _online_update._cache_size()
-    for rows in (slice(150, 225), slice(225, 300)):
-        estimator.partial_fit(x[rows])
-    assert _online_update._cache_size() == compiled
+    with count_compilations() as compiled:
+        for rows in (slice(150, 225), slice(225, 300)):
+            estimator.partial_fit(x[rows])
+    assert compiled == []
 
 
 def test_wrapped_functions_keep_their_names_and_static_arguments():
