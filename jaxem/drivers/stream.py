@@ -338,8 +338,8 @@ def _log_likelihood(kernel: Any, params: Any, rows: StreamedRows) -> Array:
     return kernel.log_likelihood(params, rows)
 
 
-@partial(jit, static_argnames=("kernel", "max_iter"))
-def _init(kernel: Any, params: Any, rows: StreamedRows, tol: Array, max_iter: int) -> Any:
+@partial(jit, static_argnames=("kernel",))
+def _init(kernel: Any, params: Any, rows: StreamedRows, tol: Array, max_iter: Array) -> Any:
     return kernel.init(params, rows, tol=tol, max_iter=max_iter)
 
 
@@ -457,7 +457,7 @@ def _fit_stream(
             )
     else:
         params = init
-    like = jax.eval_shape(partial(_init, kernel, max_iter=max_iter), params, rows, tol)
+    like = jax.eval_shape(partial(_init, kernel), params, rows, tol, max_iter)
     history = np.full(max(max_iter, 1), np.nan)
     if resume:
         saved = io.load_checkpoint(checkpoint, like)
