@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import jaxem
+from jaxem.core.rows import Rows
 from jaxem.testing import count_compilations, gradient_only
 
 pytestmark = pytest.mark.timeout(120)
@@ -211,3 +212,23 @@ def test_unknown_frozen_path_names_the_parameters(blobs):
         ValueError, match=r"frozen names 'components\.mean', which is not a parameter"
     ):
         jaxem.fit(algo, jax.random.key(0), blobs, max_iter=2)
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_gradient_m_step_working_memory_does_not_grow_with_the_rows(optimizer):
+    """Q and its gradient are reduced chunk by chunk inside the optimizer's loop: the compiled EM
+    step needs the same scratch memory for 4x the rows (an N x K array of responsibilities kept
+    across the optimizer's steps would add 3 x 16384 x 8 values here)."""
+    family = jaxem.Gaussian(8, "full")
+    opt = None if optimizer == "lbfgs" else jaxem.Optimizer(optax.adam, 0.05)
+    algo = jaxem.em(jaxem.Mixture(gradient_only(family)), jaxem.Gradient(opt, num_steps=5))
+
+    def scratch_bytes(num_rows: int) -> int:
+        x = jax.random.normal(jax.random.key(0), (num_rows, 3), jnp.float32)
+        rows = Rows.in_memory(x, chunk_size=1024)
+        state = algo.kernel.init(algo.model.init(jax.random.key(1), x[:512], None), rows)
+        compiled = jax.jit(algo.kernel.step).lower(state, rows).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    small, large = scratch_bytes(16384), scratch_bytes(4 * 16384)
+    assert large <= small + 64 * 1024, (small, large)
