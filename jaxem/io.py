@@ -260,6 +260,14 @@ def _family(model: Any) -> str:
     return type(inner if inner is not None else model).__name__
 
 
+def _params_class(params: Any) -> str:
+    """The parameters' class, with the component parameters' for a mixture (a checkpoint holds
+    parameters, not the model): ``MixtureParams[GaussianParams]``."""
+    inner = getattr(params, "components", None)
+    name = type(params).__name__
+    return name if inner is None else f"{name}[{type(inner).__name__}]"
+
+
 def _write(path: Any, metadata: dict, arrays: dict[str, np.ndarray]) -> None:
     text = json.dumps(metadata, sort_keys=True)
     entries = dict(arrays)
@@ -376,7 +384,7 @@ def save_checkpoint(path: str | os.PathLike, state: Any, history: Any) -> None:
         "jaxem_version": _jaxem_version(),
         "kind": "checkpoint",
         "class": type(state).__name__,
-        "family": _family(getattr(state, "params", state)),
+        "params": _params_class(getattr(state, "params", state)),
         "content": {"structure": str(treedef), "leaves": len(leaves)},
     }
     _write(path, metadata, arrays)

@@ -350,7 +350,9 @@ def test_checkpoint_round_trips_a_kernel_state_exactly_and_refuses_another_fit(
     assert isinstance(saved, jio.Checkpoint)
     assert_same_tree(saved.state, state)
     np.testing.assert_array_equal(saved.history, history)
-    assert jio.read_metadata(path)["kind"] == "checkpoint"
+    metadata = jio.read_metadata(path)
+    assert (metadata["kind"], metadata["class"]) == ("checkpoint", type(state).__name__)
+    assert metadata["params"] == "MixtureParams[GaussianParams]"
 
     # Another acceleration, or another model, is another fit.
     plain = jaxem.em(squarem.model)
