@@ -20,6 +20,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import jaxem
 from jaxem.estimators import ILL_DEFINED_MESSAGE, GaussianMixture, MixtureModel
+from jaxem.testing import count_compilations
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_FAITHFUL = np.loadtxt(ROOT / "jaxem/datasets/old_faithful.csv", delimiter=",", skiprows=1)
@@ -163,6 +164,24 @@ def test_sample_follows_the_fitted_mixture(covariance_type):
         np.testing.assert_allclose(np.cov(rows.T), full[k], atol=0.08 * scale.max() ** 2)
     # Same random_state, same draws.
     np.testing.assert_array_equal(gm.sample(5)[0], gm.sample(5)[0])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_sample_sizes_of_one_bucket_share_a_program_and_equal_an_exact_size_draw(covariance_type):
+    gm = GaussianMixture(**settings(IRIS, covariance_type), random_state=3).fit(IRIS)
+    gm.sample(17)  # compiles the 32-row bucket
+    with count_compilations() as compiled:
+        draws = {n: gm.sample(n) for n in (18, 25, 32)}
+    assert compiled == []
+    key_labels, key_draw = jax.random.split(jax.random.key(3))
+    for n, (x, y) in draws.items():
+        labels = jnp.sort(
+            jax.random.categorical(key_labels, jnp.log(gm.params_.weights), shape=(n,))
+        )
+        exact = gm.model_.components.sample(key_draw, gm.params_.components, labels)
+        np.testing.assert_array_equal(y, labels)
+        np.testing.assert_array_equal(x, exact)
 
 
 @pytest.mark.timeout(60)

@@ -79,13 +79,29 @@ def _final_counts(algo: EM, params: MixtureParams, x: Array, row_weights: Array 
 online_update = jit(OnlineEM.update, static_argnums=0)
 
 
-@partial(jit, static_argnames=("model", "num_samples"))
-def _sample(model: Mixture, params: MixtureParams, key: Array, num_samples: int):
+def sample_bucket(num_samples: int) -> int:
+    """The rows a sample of ``num_samples`` is drawn in: the next power of two, at least 16, so
+    that every size of a bucket runs one compiled program (the draws beyond ``num_samples`` are
+    dropped).
+
+    Example:
+        >>> [sample_bucket(n) for n in (1, 16, 17, 1000)]
+        [16, 16, 32, 1024]
+    """
+    return max(16, 1 << (num_samples - 1).bit_length())
+
+
+@partial(jit, static_argnames=("model", "bucket"))
+def _sample(model: Mixture, params: MixtureParams, key: Array, num_samples: Array, bucket: int):
     key_labels, key_draw = jax.random.split(key)
-    labels = jax.random.categorical(key_labels, jnp.log(params.weights), shape=(num_samples,))
-    # Sorted like scikit-learn's sample: all draws of component 0, then of component 1, ...
-    labels = jnp.sort(labels)
-    return model.components.sample(key_draw, params.components, labels), labels
+    labels = jax.random.categorical(key_labels, jnp.log(params.weights), shape=(bucket,))
+    # Sorted like scikit-learn's sample (all draws of component 0, then of component 1, ...), the
+    # dropped draws last (label K). JAX's random bits of a row do not depend on how many rows are
+    # drawn, so the first num_samples rows are exactly the draws of a sample of that size.
+    k = params.weights.shape[0]
+    labels = jnp.sort(jnp.where(jnp.arange(bucket) < num_samples, labels, k))
+    draws = model.components.sample(key_draw, params.components, jnp.minimum(labels, k - 1))
+    return draws, labels
 
 
 def _to_numpy(tree: Any) -> Any:
@@ -443,8 +459,9 @@ class MixtureModel(*DENSITY_BASES, EMEstimator):
                 "sample(key, params, labels) method that returns one draw per label."
             )
         key = jax.random.key(validation.check_random_state(self.random_state))
-        x, labels = _sample(self.model_, self.params_, key, int(n_samples))
-        return np.asarray(x), np.asarray(labels)
+        n_samples = int(n_samples)
+        x, labels = _sample(self.model_, self.params_, key, n_samples, sample_bucket(n_samples))
+        return np.asarray(x)[:n_samples], np.asarray(labels)[:n_samples]
 
 
 class GaussianMixture(MixtureModel):
