@@ -418,8 +418,8 @@ class StreamedRows:
         leaves = [jax.ShapeDtypeStruct((size, *shape), dtype) for shape, dtype in shapes]
         row_weights = jax.ShapeDtypeStruct((size,), shapes[0][1]) if self.weighted else None
         result = (jax.tree.unflatten(treedef, leaves), row_weights)
-        leaves = jax.tree.leaves(after)
-        wait = (jnp.ravel(leaves[0])[:1],) if leaves else ()
+        waited = jax.tree.leaves(after)
+        wait = (jnp.ravel(waited[0])[:1],) if waited else ()
         return jax.pure_callback(
             partial(_read_block, size),
             result,
@@ -451,20 +451,19 @@ class StreamedRows:
                 lambda xc, wc, idx: fn(xc, wc, idx + first), xb, wb, min(self.chunk_size, size)
             )
 
-        def block_sum(index: Array, size: int, after: Any = None) -> Any:
-            xb, wb = self._block(index, size, after)
-            return block_total(xb, wb, index * self.read_size, size)
+        def add_block(total: Any, xb: Any, wb: Array | None, first: Array, size: int) -> Any:
+            return add_trees(total, block_total(xb, wb, first, size))
 
-        # Every read inside the loop, which runs only once all it closes over (the parameters of
-        # this pass, computed by the last pass) is ready: the passes read the source in turn.
-        shapes = jax.eval_shape(lambda: block_sum(jnp.asarray(0, jnp.int32), self.read_size))
-        total = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
-        total = lax.fori_loop(
-            0, self.num_reads, lambda i, acc: add_trees(acc, block_sum(i, self.read_size)), total
+        # The running total starts at zero, so that every read is inside the fold's loop (or waits
+        # for it): the loop runs once all it closes over (this pass's parameters, computed by the
+        # last pass) is ready, so the passes read the source in turn.
+        shapes = jax.eval_shape(
+            lambda: block_total(
+                *self._block(jnp.asarray(0, jnp.int32), self.read_size), 0, self.read_size
+            )
         )
-        if self.tail:
-            total = add_trees(total, block_sum(self.num_reads, self.tail, after=total))
-        return total
+        zeros = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
+        return self._fold(add_block, zeros)
 
     def total_weight(self, dtype: Any) -> Array:
         return self.weight_sum.astype(dtype)

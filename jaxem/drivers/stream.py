@@ -169,9 +169,8 @@ def _array_reader(x: Any, row_weights: Any, block: int) -> Callable[[int, int], 
 
     def read(index: int, size: int) -> Chunk:
         rows = slice(index * block, index * block + size)
-        return jax.tree.map(lambda a: a[rows], x), None if row_weights is None else row_weights[
-            rows
-        ]
+        block_weights = None if row_weights is None else row_weights[rows]
+        return jax.tree.map(lambda a: a[rows], x), block_weights
 
     return read
 

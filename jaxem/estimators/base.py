@@ -212,7 +212,7 @@ class EMEstimator(*ESTIMATOR_BASES):
 
     def check_fitted(self) -> None:
         """Raise :class:`NotFittedError` unless ``fit`` has run."""
-        if not hasattr(self, "params_"):
+        if not self.__sklearn_is_fitted__():
             raise NotFittedError(
                 f"This {type(self).__name__} instance is not fitted yet: call 'fit' with "
                 "appropriate arguments before using this estimator."

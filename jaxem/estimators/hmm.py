@@ -244,13 +244,16 @@ class HMMEstimator(EMEstimator):
         X = self._observations(X)
         data, _ = prepare_data(pad_sequences(X, lengths))
         dtype = np.dtype(jax.tree.leaves(data.observations)[0].dtype)
+        return self.model_, self._attribute_params(dtype), data
+
+    def _attribute_params(self, dtype: np.dtype) -> HMMParams:
+        """The parameters the fitted attributes hold now (users may have changed them), checked."""
         k = self.model_.num_components
-        params = HMMParams(
+        return HMMParams(
             jnp.asarray(self._check_user_probs("startprob_", (k,), dtype)),
             jnp.asarray(self._check_user_probs("transmat_", (k, k), dtype)),
             self._emission_params(self.model_.emissions, dtype),
         )
-        return self.model_, params, data
 
     def score_samples(self, X: Any, lengths: Any = None) -> tuple[float, np.ndarray]:
         """Total log-likelihood of ``X`` and the smoothed state posteriors ``[n_samples, K]``."""
@@ -330,13 +333,7 @@ class HMMEstimator(EMEstimator):
         seed = validation.check_random_state(
             self.random_state if random_state is None else random_state
         )
-        dtype = np.dtype(jax.tree.leaves(self.params_)[0].dtype)
-        k = self.model_.num_components
-        params = HMMParams(
-            jnp.asarray(self._check_user_probs("startprob_", (k,), dtype)),
-            jnp.asarray(self._check_user_probs("transmat_", (k, k), dtype)),
-            self._emission_params(family, dtype),
-        )
+        params = self._attribute_params(np.dtype(jax.tree.leaves(self.params_)[0].dtype))
         first = (
             None
             if currstate is None

@@ -21,6 +21,7 @@ from jax import lax
 
 from jaxem import validation
 from jaxem.core.algorithm import EM, em
+from jaxem.core.estep import total_weight
 from jaxem.core.inputs import prepare_data
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import Components
@@ -309,7 +310,7 @@ class MixtureModel(*DENSITY_BASES, EMEstimator):
         self.params_ = _to_numpy(best.params)
         self.weights_ = self.params_.weights
         # scikit-learn's lower bound is the mean per sample (per unit of sample weight).
-        total = np.asarray(num_samples if row_weights is None else jnp.sum(row_weights), x.dtype)
+        total = np.asarray(total_weight(x, row_weights, x.dtype))
         self.lower_bounds_ = np.asarray(best.history[: self.n_iter_]) / total
         self.lower_bound_ = float(
             self.lower_bounds_[-1] if self.n_iter_ else np.asarray(best.log_likelihood) / total
@@ -335,7 +336,7 @@ class MixtureModel(*DENSITY_BASES, EMEstimator):
                 f"extrapolate: set accelerate=None (got {self.accelerate!r}) or use fit."
             )
         marginalize = self._marginalizes()
-        continuing = hasattr(self, "params_")
+        continuing = self.__sklearn_is_fitted__()
         array = self.check_input(X, reset=not continuing, allow_missing=marginalize)
         num_samples, num_features = array.shape
         if continuing:
@@ -367,7 +368,7 @@ class MixtureModel(*DENSITY_BASES, EMEstimator):
         self.n_iter_ = int(state.count)
         self.converged_ = False
         self.lower_bound_ = float(batch_log_likelihood) / float(
-            num_samples if row_weights is None else jnp.sum(row_weights)
+            total_weight(x, row_weights, x.dtype)
         )
         self._set_family_attributes(model, state.params, state.stats.counts * state.seen)
         return self
