@@ -49,7 +49,7 @@ from jax import lax
 from jaxem.core.inputs import check_missing
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import Components, ConjugateComponents, WrappedComponents
-from jaxem.core.precision import jit
+from jaxem.core.program_cache import cached_jit
 from jaxem.core.rows import default_chunk_size, reduce_chunks
 from jaxem.models.bernoulli import Bernoulli
 from jaxem.models.categorical import Categorical
@@ -452,7 +452,7 @@ def marginalize_missing(model: Mixture) -> Mixture:
     return Mixture(MissingValues(model.components), model.weight_concentration)
 
 
-@partial(jit, static_argnames=("model", "batch_size"))
+@partial(cached_jit, static_argnames=("model", "batch_size"))
 def _impute(model: Mixture, params: MixtureParams, x: Array, batch_size: int) -> Array:
     def rows(xc: Array) -> Array:
         log_resp, _ = model.log_resp(params, xc)

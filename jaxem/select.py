@@ -33,7 +33,7 @@ from jaxem.core.inputs import is_key, prepare_data
 from jaxem.core.kernel import Status
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import count_free_parameters
-from jaxem.core.precision import jit
+from jaxem.core.program_cache import cached_jit
 from jaxem.core.rows import chunk_width, default_chunk_size, reduce_chunks
 from jaxem.drivers.fit import FitResult, fit_restarts
 from jaxem.hmm.model import HiddenMarkovModel, Sequences
@@ -86,7 +86,7 @@ def _num_features(model: Any, x: Any) -> int:
     return leaf.shape[1] if leaf.ndim > 1 else 1
 
 
-@partial(jit, static_argnames=("model", "chunk_size"))
+@partial(cached_jit, static_argnames=("model", "chunk_size"))
 def _log_likelihood_and_entropy(
     model: Any, params: Any, x: Array, row_weights: Array | None, chunk_size: int
 ) -> tuple[Array, Array]:
@@ -326,7 +326,7 @@ def _take_components(params: MixtureParams, k: int, covariance_type: str) -> Mix
     return MixtureParams(params.weights[:, :k], GaussianParams(comp.means[:, :k], precision))
 
 
-@partial(jit, static_argnames=("num_centers",))
+@partial(cached_jit, static_argnames=("num_centers",))
 def _seed_centers(keys: Array, x: Array, row_weights: Array | None, num_centers: int) -> Array:
     """k-means++ centres per key, shared by every covariance type (compiled once per grid)."""
     return jax.vmap(lambda key: initializers.kmeans_plusplus(key, x, row_weights, num_centers))(
@@ -334,7 +334,7 @@ def _seed_centers(keys: Array, x: Array, row_weights: Array | None, num_centers:
     )
 
 
-@partial(jit, static_argnames=("components", "chunk_size"))
+@partial(cached_jit, static_argnames=("components", "chunk_size"))
 def _padded_initial_params(
     components: Gaussian,
     centers: Array,
@@ -369,7 +369,7 @@ def _padded_initial_params(
     return jax.vmap(one)(centers, num_active)
 
 
-@partial(jit, static_argnames=("model", "chunk_size"))
+@partial(cached_jit, static_argnames=("model", "chunk_size"))
 def _lane_summaries(
     model: Mixture,
     params: MixtureParams,

@@ -7,8 +7,14 @@ import os
 # change no result the tests check. A caller's own XLA_FLAGS win.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
+# Tests count compilations and compare fits: programs stored by an earlier run would hide both.
+# The store itself is tested with folders of its own (tests/test_program_cache.py).
+os.environ["JAXEM_CACHE_DIR"] = "off"
+
 import jax
 import pytest
+
+from jaxem.core.program_cache import clear_memory
 
 jax.config.update("jax_enable_x64", True)
 
@@ -23,4 +29,5 @@ def _release_compiled_programs():
     """
     yield
     jax.clear_caches()
+    clear_memory()
     gc.collect()

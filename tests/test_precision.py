@@ -17,6 +17,7 @@ import pytest
 
 import jaxem
 from jaxem.core.precision import full_precision, jit
+from jaxem.core.program_cache import clear_memory
 from jaxem.testing import count_compilations
 
 
@@ -40,6 +41,7 @@ def lowered_programs(directory: Path) -> Iterator[list[str]]:
     block runs is lowered (and seen) again."""
     programs: list[str] = []
     jax.clear_caches()
+    clear_memory()
     previous = jax.config.values["jax_dump_ir_to"]
     jax.config.update("jax_dump_ir_to", str(directory))
     try:

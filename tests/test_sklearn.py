@@ -347,7 +347,9 @@ def test_mixture_model_wraps_any_family():
 def test_exported_at_top_level():
     assert jaxem.GaussianMixture is GaussianMixture
     assert jaxem.MixtureModel is MixtureModel
-    assert jaxem.ConvergenceWarning is jaxem.sklearn.ConvergenceWarning
+    from jaxem import sklearn as sklearn_layer
+
+    assert jaxem.ConvergenceWarning is sklearn_layer.ConvergenceWarning
 
 
 # scikit-learn's estimator checks. Every check passes; none is listed as an expected failure.

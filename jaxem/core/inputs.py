@@ -7,6 +7,7 @@ Every driver converts and checks its data here, so that the same input gets the 
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from typing import Any
 
 import jax
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxem.core.estep import num_rows
-from jaxem.core.precision import jit
+from jaxem.core.program_cache import cached_jit
 
 Array = jax.Array
 
@@ -63,7 +64,7 @@ def check_missing(array: np.ndarray, name: str = "x", *, check_columns: bool = T
         )
 
 
-@jit
+@cached_jit
 def all_finite_leaf(leaf: Array) -> Array:
     # The largest magnitude is finite iff every value is (max propagates NaN). A max reduction fuses
     # with abs, while XLA's CPU backend builds a boolean copy of the data for all(isfinite) at
@@ -71,7 +72,7 @@ def all_finite_leaf(leaf: Array) -> Array:
     return jnp.isfinite(jnp.max(jnp.abs(leaf), initial=0))
 
 
-@jit
+@cached_jit
 def _weights_ok(row_weights: Array) -> tuple[Array, Array, Array]:
     # One fused pass, no boolean temporaries of length N: finite, non-negative, some positive.
     return (
@@ -124,7 +125,9 @@ def prepare_data(
                 a = a.astype(jnp.result_type(float))
             placed = jax.device_put(a)
             if a.size and _aliases(placed, a):
-                placed = jnp.copy(placed).block_until_ready()
+                # The device array may alias a private copy, which nothing else can change (a
+                # copy made on the device would compile a program per shape).
+                placed = jax.device_put(a.copy())
             return placed
         return a if jnp.issubdtype(a.dtype, jnp.floating) else a.astype(jnp.result_type(float))
 
@@ -155,6 +158,53 @@ def prepare_data(
                 "row_weights are all zero: at least one point must have positive weight."
             )
     return x, row_weights
+
+
+# Fits of at most this many rows run on rows padded to a bucket (see row_bucket); larger ones keep
+# their shape, where the padded rows' work would cost more than a compilation.
+PAD_FIT_MAX_ROWS = 1 << 16
+
+
+def row_bucket(num_rows: int) -> int:
+    """The rows a batch of ``num_rows`` is padded to, so that nearby sizes share one compiled
+    program: four sizes per doubling (at most a quarter more rows), at least 16.
+
+    Example:
+        >>> [row_bucket(n) for n in (1, 16, 17, 90, 181, 182, 272, 1000)]
+        [16, 16, 20, 96, 192, 192, 320, 1024]
+    """
+    if num_rows <= 16:
+        return 16
+    step = 1 << ((num_rows - 1).bit_length() - 3)
+    return -(-num_rows // step) * step
+
+
+def pad_rows(
+    array: np.ndarray, row_weights: Any = None, num_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``array`` with copies of its first row appended up to ``num_rows`` (default:
+    :func:`row_bucket`), and row weights that give the copies weight 0 (``None`` when nothing was
+    appended and no weights were given).
+
+    A row of weight 0 adds nothing to any statistic, and a copy of a real row is valid data for
+    every family (no log-density of minus infinity to multiply by 0), so a fit on the padded rows
+    is the fit on the rows themselves. The arguments are not modified.
+
+    Example:
+        >>> x, w = pad_rows(np.arange(6.0).reshape(3, 2), num_rows=4)
+        >>> x.tolist(), w.tolist()
+        ([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [0.0, 1.0]], [1.0, 1.0, 1.0, 0.0])
+    """
+    n = array.shape[0]
+    num_rows = row_bucket(n) if num_rows is None else num_rows
+    if num_rows == n:
+        return array, None if row_weights is None else np.asarray(row_weights)
+    copies = np.repeat(array[:1], num_rows - n, axis=0)
+    weights = np.ones(n) if row_weights is None else np.asarray(row_weights, dtype=float)
+    return (
+        np.concatenate([array, copies]),
+        np.concatenate([weights, np.zeros(num_rows - n, weights.dtype)]),
+    )
 
 
 def check_iterations(max_iter: int, tol: float) -> None:
@@ -209,6 +259,26 @@ def restart_keys(init: Any, num_restarts: int | None) -> Any:
     return jax.random.split(init, int(num_restarts))
 
 
+@partial(cached_jit, static_argnames=("num_keys",))
+def _seeded_keys(seed: Array, num_keys: int | None) -> Array:
+    key = jax.random.key(seed)
+    return key if num_keys is None else jax.random.split(key, num_keys)
+
+
+def seeded_keys(seed: int, num_keys: int | None = None) -> Array:
+    """``jax.random.key(seed)`` split ``num_keys`` times (one key for ``None``), as one compiled
+    program: made eagerly, the key and the split each compile in every new process.
+
+    Example:
+        >>> import jax
+        >>> bool((seeded_keys(7, 3) == jax.random.split(jax.random.key(7), 3)).all())
+        True
+    """
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed!r}.")
+    return _seeded_keys(np.uint32(seed), num_keys)
+
+
 def num_lanes(init: Any) -> int:
     """The restarts a batch of keys or of parameters (leading axis on every leaf) holds."""
     return int(init.shape[0]) if is_key(init) else int(jax.tree.leaves(init)[0].shape[0])
@@ -226,5 +296,9 @@ __all__ = [
     "model_data",
     "num_lanes",
     "prepare_data",
+    "PAD_FIT_MAX_ROWS",
+    "pad_rows",
     "restart_keys",
+    "row_bucket",
+    "seeded_keys",
 ]

@@ -12,12 +12,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxem.core.algorithm import EM
 from jaxem.core.inputs import check_iterations, is_key, model_data, num_lanes, restart_keys
 from jaxem.core.kernel import EMState, Status
-from jaxem.core.precision import jit
+from jaxem.core.program_cache import cached_jit
 from jaxem.core.rows import initial_params
 from jaxem.core.subsample import sample_size
 
@@ -107,32 +108,64 @@ def finish(kernel: Any, state: EMState, history: Array, rows: Any, max_iter: int
 
 
 def run_fit(
-    kernel: Any, params: Any, rows: Any, tol: Array, max_iter: int, verbose: int = 0
+    kernel: Any,
+    params: Any,
+    rows: Any,
+    tol: Array,
+    max_iter: Any,
+    verbose: int = 0,
+    history_size: int | None = None,
 ) -> FitResult:
-    """One whole fit from ``params`` (traceable: jit it, vmap it, put it in ``shard_map``)."""
+    """One whole fit from ``params`` (traceable: jit it, vmap it, put it in ``shard_map``).
+
+    ``max_iter`` is an integer, or a traced one when ``history_size`` (at least ``max_iter``) gives
+    the history's length; the history then keeps that length, NaN beyond the iterations run.
+    """
     rows = rows.prepare(kernel.model)  # data-only work, once per fit (see jaxem.core.model)
     state = kernel.init(params, rows, tol=tol, max_iter=max_iter)
-    state, history = fit_loop(
-        kernel, state, empty_history(max_iter, rows.dtype), rows, verbose=verbose
+    size = max_iter if history_size is None else history_size
+    state, history = fit_loop(kernel, state, empty_history(size, rows.dtype), rows, verbose=verbose)
+    return finish(kernel, state, history, rows, size)
+
+
+def history_size(max_iter: int) -> int:
+    """The history buffer of a compiled fit: the next power of two of ``max_iter``, at least 16,
+    so that every ``max_iter`` of a bucket runs one compiled program (``max_iter`` itself is a
+    run-time value).
+
+    Example:
+        >>> [history_size(n) for n in (0, 16, 17, 100, 1000)]
+        [16, 16, 32, 128, 1024]
+    """
+    return max(16, 1 << (max(max_iter, 1) - 1).bit_length())
+
+
+def trim_history(result: FitResult, max_iter: int) -> FitResult:
+    """``result`` with its history cut to ``max_iter`` entries (on the host: a slice on the device
+    would compile a program per length)."""
+    history = np.asarray(result.history)[..., :max_iter]
+    return result._replace(history=jax.device_put(history))
+
+
+@partial(cached_jit, static_argnames=("kernel", "history_size", "verbose"))
+def _fit_program(kernel, params, rows, tol, max_iter, history_size, verbose):
+    return run_fit(kernel, params, rows, tol, max_iter, verbose, history_size)
+
+
+@partial(cached_jit, static_argnames=("kernel", "history_size", "verbose"))
+def _restarts_program(kernel, params, rows, tol, max_iter, history_size, verbose):
+    results = jax.vmap(lambda p: run_fit(kernel, p, rows, tol, max_iter, verbose, history_size))(
+        params
     )
-    return finish(kernel, state, history, rows, max_iter)
-
-
-@partial(jit, static_argnames=("kernel", "max_iter", "verbose"))
-def _fit_program(kernel, params, rows, tol, max_iter, verbose):
-    return run_fit(kernel, params, rows, tol, max_iter, verbose)
-
-
-@partial(jit, static_argnames=("kernel", "max_iter", "verbose"))
-def _restarts_program(kernel, params, rows, tol, max_iter, verbose):
-    return jax.vmap(lambda p: run_fit(kernel, p, rows, tol, max_iter, verbose))(params)
+    # The best lane is taken in the program: taken outside, each leaf's slice compiles on its own.
+    return take_lane(results, best_restart(results)), results
 
 
 # Starts from keys compile as programs of their own, not inside the fit's: XLA's compile-time
 # memory is returned to the heap between compilations, so two programs peak at the larger one's
 # (measured at (10^6, 8, 8): 175 MiB against 252 MiB for one program holding both). The sample
 # size is a static argument, so a compiled start is reused only for the same sample size.
-@partial(jit, static_argnames=("model", "size"))
+@partial(cached_jit, static_argnames=("model", "size"))
 def _start_program(model, keys, rows, size):
     # Starts in batches of lanes: each batch shares its passes over the data (half the time of one
     # lane at a time for 32 restarts at (2 10^4, 8, 8)), while the sample ranking's temporaries grow
@@ -210,7 +243,8 @@ def fit(
     rows = algo.rows(x, row_weights)
     if is_key(init):
         init = take_lane(start_params(algo.model, init[None], rows), 0)
-    return _fit_program(algo.kernel, init, rows, tol, max_iter, verbose)
+    result = _fit_program(algo.kernel, init, rows, tol, max_iter, history_size(max_iter), verbose)
+    return trim_history(result, max_iter)
 
 
 def fit_restarts(
@@ -255,8 +289,10 @@ def fit_restarts(
     rows = algo.rows(x, row_weights)
     if is_key(init):
         init = start_params(algo.model, init, rows)
-    results = _restarts_program(algo.kernel, init, rows, tol, max_iter, verbose)
-    return take_lane(results, best_restart(results)), results
+    best, results = _restarts_program(
+        algo.kernel, init, rows, tol, max_iter, history_size(max_iter), verbose
+    )
+    return trim_history(best, max_iter), trim_history(results, max_iter)
 
 
 __all__ = [
@@ -268,9 +304,11 @@ __all__ = [
     "fit",
     "fit_loop",
     "fit_restarts",
+    "history_size",
     "report_progress",
     "run_fit",
     "sample_size_of",
     "start_params",
     "take_lane",
+    "trim_history",
 ]

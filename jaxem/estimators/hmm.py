@@ -23,10 +23,10 @@ import numpy as np
 
 from jaxem import validation
 from jaxem.core.algorithm import em
-from jaxem.core.inputs import prepare_data
+from jaxem.core.inputs import prepare_data, seeded_keys
 from jaxem.core.model import Components
 from jaxem.core.mstep import ClosedForm
-from jaxem.core.precision import jit
+from jaxem.core.program_cache import cached_jit
 from jaxem.drivers.fit import start_params
 from jaxem.estimators.base import EMEstimator
 from jaxem.hmm.inference import INFERENCE_METHODS, sample_states
@@ -61,24 +61,24 @@ class ConvergenceMonitor(NamedTuple):
 
 # Compiled once per family and shapes (and so at full precision: eager float32 products on a GPU
 # would be TensorFloat-32).
-_params_from_covariances = jit(Gaussian.params_from_covariances, static_argnums=0)
-_precision_cholesky_from_covariances = jit(
-    Gaussian.precision_cholesky_from_covariances, static_argnums=0
+_params_from_covariances = cached_jit(Gaussian.params_from_covariances, static_argnames=("self",))
+_precision_cholesky_from_covariances = cached_jit(
+    Gaussian.precision_cholesky_from_covariances, static_argnames=("self",)
 )
-_covariances = jit(Gaussian.covariances, static_argnums=0)
+_covariances = cached_jit(Gaussian.covariances, static_argnames=("self",))
 
 
-@partial(jit, static_argnames=("model",))
+@partial(cached_jit, static_argnames=("model",))
 def _smooth(model: HiddenMarkovModel, params: HMMParams, data: Sequences):
     return model.smooth(params, data)
 
 
-@partial(jit, static_argnames=("model",))
+@partial(cached_jit, static_argnames=("model",))
 def _viterbi(model: HiddenMarkovModel, params: HMMParams, data: Sequences):
     return model.most_likely_states(params, data)
 
 
-@partial(jit, static_argnames=("model", "num_samples"))
+@partial(cached_jit, static_argnames=("model", "num_samples"))
 def _sample(
     model: HiddenMarkovModel, params: HMMParams, key: Array, num_samples: int, first_state: Any
 ):
@@ -185,10 +185,10 @@ class HMMEstimator(EMEstimator):
         initial, transition = drawn.initial, drawn.transition
         if not self._needs_init("s", "startprob_"):
             start = self._check_user_probs("startprob_", (k,), dtype)
-            initial = jnp.broadcast_to(jnp.asarray(start), initial.shape)
+            initial = np.broadcast_to(np.asarray(start), initial.shape)
         if not self._needs_init("t", "transmat_"):
             trans = self._check_user_probs("transmat_", (k, k), dtype)
-            transition = jnp.broadcast_to(jnp.asarray(trans), transition.shape)
+            transition = np.broadcast_to(np.asarray(trans), transition.shape)
         emissions = self._user_emissions(model.emissions, drawn.emissions, dtype)
         return HMMParams(initial, transition, emissions)
 
@@ -212,7 +212,7 @@ class HMMEstimator(EMEstimator):
             )
         model = self._build_model(X)
         data, _ = prepare_data(data)
-        keys = jax.random.split(jax.random.key(settings.seed), settings.num_restarts)
+        keys = seeded_keys(settings.seed, settings.num_restarts)
         starts = self._initial_params(model, data, keys, settings.chunk_size)
         algo = em(model, self._mstep(), chunk_size=settings.chunk_size)
         # hmmlearn's tol is on the total log-likelihood; the fit compares the mean per sequence.
@@ -250,8 +250,8 @@ class HMMEstimator(EMEstimator):
         """The parameters the fitted attributes hold now (users may have changed them), checked."""
         k = self.model_.num_components
         return HMMParams(
-            jnp.asarray(self._check_user_probs("startprob_", (k,), dtype)),
-            jnp.asarray(self._check_user_probs("transmat_", (k, k), dtype)),
+            self._check_user_probs("startprob_", (k,), dtype),
+            self._check_user_probs("transmat_", (k, k), dtype),
             self._emission_params(self.model_.emissions, dtype),
         )
 
@@ -259,13 +259,13 @@ class HMMEstimator(EMEstimator):
         """Total log-likelihood of ``X`` and the smoothed state posteriors ``[n_samples, K]``."""
         model, params, data = self._current(X, lengths)
         smoothed = _smooth(model, params, data)
-        total = float(jnp.sum(smoothed.log_likelihood))
+        total = float(np.sum(np.asarray(smoothed.log_likelihood)))
         return total, unpad(smoothed.posteriors, data.lengths)
 
     def score(self, X: Any, lengths: Any = None) -> float:
         """Total log-likelihood of the sequences in ``X``."""
         model, params, data = self._current(X, lengths)
-        return float(jnp.sum(_smooth(model, params, data).log_likelihood))
+        return float(np.sum(np.asarray(_smooth(model, params, data).log_likelihood)))
 
     def bic(self, X: Any, lengths: Any = None) -> float:
         """Bayesian information criterion ``-2 log L + p log(n_samples)`` (lower is better).
@@ -308,7 +308,7 @@ class HMMEstimator(EMEstimator):
             return float(np.max(posteriors, axis=1).sum()), np.argmax(posteriors, axis=1)
         model, params, data = self._current(X, lengths)
         paths, log_probs = _viterbi(model, params, data)
-        return float(jnp.sum(log_probs)), unpad(paths, data.lengths)
+        return float(np.sum(np.asarray(log_probs))), unpad(paths, data.lengths)
 
     def predict(self, X: Any, lengths: Any = None) -> np.ndarray:
         """The most likely state of each step (by ``algorithm``, Viterbi by default)."""
@@ -339,7 +339,7 @@ class HMMEstimator(EMEstimator):
             if currstate is None
             else jnp.asarray(validation.check_int("currstate", currstate, 0))
         )
-        x, states = _sample(self.model_, params, jax.random.key(seed), int(n_samples), first)
+        x, states = _sample(self.model_, params, seeded_keys(seed), int(n_samples), first)
         return np.asarray(x), np.asarray(states)
 
 
@@ -434,14 +434,14 @@ class GaussianHMM(HMMEstimator):
         covars = validation.check_init_array(
             "covars_", self._covars_, self._covariance_shape(k, d), dtype
         )
-        return _params_from_covariances(family, jnp.asarray(means), jnp.asarray(covars))
+        return _params_from_covariances(family, np.asarray(means), np.asarray(covars))
 
     def _user_emissions(self, family: Gaussian, drawn: GaussianParams, dtype: np.dtype) -> Any:
         _, k, d = drawn.means.shape
         means, cholesky = drawn.means, drawn.precision_cholesky
         if not self._needs_init("m", "means_"):
             user = validation.check_init_array("means_", self.means_, (k, d), dtype)
-            means = jnp.broadcast_to(jnp.asarray(user), means.shape)
+            means = np.broadcast_to(np.asarray(user), means.shape)
         if not self._needs_init("c", "covars_"):
             shape = self._covariance_shape(k, d)
             covars = validation.check_init_array("covars_", self._covars_, shape, dtype)
@@ -449,8 +449,8 @@ class GaussianHMM(HMMEstimator):
                 validation.check_positive_definite("covars_", covars)
             else:
                 validation.check_positive("covars_", covars)
-            user = _precision_cholesky_from_covariances(family, jnp.asarray(covars))
-            cholesky = jnp.broadcast_to(user, cholesky.shape)
+            user = _precision_cholesky_from_covariances(family, np.asarray(covars))
+            cholesky = np.broadcast_to(np.asarray(user), cholesky.shape)
         return GaussianParams(means, cholesky)
 
     def _set_emission_attributes(self, family: Gaussian, params: GaussianParams) -> None:
@@ -571,7 +571,7 @@ class CategoricalHMM(HMMEstimator):
     def _emission_params(self, family: Categorical, dtype: np.dtype) -> CategoricalParams:
         shape = (family.num_components, family.num_levels[0])
         probs = self._check_user_probs("emissionprob_", shape, dtype)
-        return CategoricalParams(jnp.asarray(probs)[:, None, :])
+        return CategoricalParams(np.asarray(probs)[:, None, :])
 
     def _user_emissions(self, family: Categorical, drawn: CategoricalParams, dtype: np.dtype):
         if self._needs_init("e", "emissionprob_"):
@@ -665,7 +665,7 @@ class PoissonHMM(HMMEstimator):
         shape = (family.num_components, self.n_features_in_)
         rates = validation.check_init_array("lambdas_", self.lambdas_, shape, dtype)
         validation.check_positive("lambdas_", rates)
-        return PoissonParams(jnp.asarray(rates))
+        return PoissonParams(np.asarray(rates))
 
     def _user_emissions(self, family: Poisson, drawn: PoissonParams, dtype: np.dtype):
         if self._needs_init("l", "lambdas_"):
@@ -745,12 +745,12 @@ class HMM(HMMEstimator):
         return self.emissions
 
     def _emission_params(self, family: Components, dtype: np.dtype) -> Any:
-        return jax.tree.map(lambda a: jnp.asarray(a), self.emission_params_)
+        return jax.tree.map(np.asarray, self.emission_params_)
 
     def _user_emissions(self, family: Components, drawn: Any, dtype: np.dtype) -> Any:
         if self._needs_init("e", "emission_params_"):
             return drawn
-        user = jax.tree.map(lambda a: jnp.asarray(a, dtype), self.emission_params_)
+        user = jax.tree.map(lambda a: np.asarray(a, dtype), self.emission_params_)
         lanes = jax.tree.leaves(drawn)[0].shape[0]
         return jax.tree.map(lambda a: jnp.broadcast_to(a, (lanes, *a.shape)), user)
 

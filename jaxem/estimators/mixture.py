@@ -22,12 +22,12 @@ from jax import lax
 from jaxem import validation
 from jaxem.core.algorithm import EM, em
 from jaxem.core.estep import total_weight
-from jaxem.core.inputs import prepare_data
+from jaxem.core.inputs import PAD_FIT_MAX_ROWS, pad_rows, prepare_data, seeded_keys
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import Components
 from jaxem.core.mstep import ClosedForm, Gradient, default_mstep
 from jaxem.core.online import OnlineEM
-from jaxem.core.precision import jit
+from jaxem.core.program_cache import cached_jit
 from jaxem.core.rows import Rows, chunk_width, default_chunk_size, initial_params, reduce_chunks
 from jaxem.core.subsample import sample_size
 from jaxem.drivers.fit import start_params, take_lane
@@ -55,7 +55,7 @@ INIT_PARAMS = {
 }
 
 
-@partial(jit, static_argnames=("model", "output", "batch_size"))
+@partial(cached_jit, static_argnames=("model", "output", "batch_size"))
 def _per_row(model: Mixture, params: MixtureParams, x: Array, output: str, batch_size: int):
     """Labels, responsibilities or log-densities of every row, ``batch_size`` rows at a time."""
 
@@ -70,14 +70,18 @@ def _per_row(model: Mixture, params: MixtureParams, x: Array, output: str, batch
     return lax.map(one, x, batch_size=batch_size)
 
 
-@partial(jit, static_argnames=("algo",))
-def _final_counts(algo: EM, params: MixtureParams, x: Array, row_weights: Array | None) -> Array:
-    """Summed responsibilities per component at ``params`` (the final E-step)."""
-    return algo.e_pass(params, x, row_weights)[0].counts
+@partial(cached_jit, static_argnames=("algo",))
+def _final_counts(
+    algo: EM, params: MixtureParams, data: Any, x: Array, row_weights: Array | None
+) -> tuple[Array, Array]:
+    """Summed responsibilities per component at ``params`` (the final E-step), and the total row
+    weight they share out."""
+    counts = algo.e_pass(params, data, row_weights)[0].counts
+    return counts, total_weight(x, row_weights, x.dtype)
 
 
 # Compiled once per model and shapes, for every call (each of partial_fit's mini-batches).
-online_update = jit(OnlineEM.update, static_argnums=0)
+online_update = cached_jit(OnlineEM.update, static_argnames=("self",))
 
 
 def sample_bucket(num_samples: int) -> int:
@@ -92,7 +96,7 @@ def sample_bucket(num_samples: int) -> int:
     return max(16, 1 << (num_samples - 1).bit_length())
 
 
-@partial(jit, static_argnames=("model", "bucket"))
+@partial(cached_jit, static_argnames=("model", "bucket"))
 def _sample(model: Mixture, params: MixtureParams, key: Array, num_samples: Array, bucket: int):
     key_labels, key_draw = jax.random.split(key)
     labels = jax.random.categorical(key_labels, jnp.log(params.weights), shape=(bucket,))
@@ -243,9 +247,19 @@ class MixtureModel(*DENSITY_BASES, EMEstimator):
         return mstep
 
     def _problem(
-        self, model: Mixture, array: np.ndarray, y: Any, sample_weight: Any, marginalize: bool
+        self,
+        model: Mixture,
+        array: np.ndarray,
+        y: Any,
+        sample_weight: Any,
+        marginalize: bool,
+        pad: bool = False,
     ) -> tuple[Mixture, Any, Array, Array | None]:
-        """The model EM fits (with the labels' wrapper), its data, the rows and row weights."""
+        """The model EM fits (with the labels' wrapper), its data, the rows and row weights.
+
+        With ``pad`` (and at most ``PAD_FIT_MAX_ROWS`` rows) the rows are padded to their
+        :func:`jaxem.core.inputs.row_bucket` with rows of weight 0, so that fits of nearby sizes
+        (cross-validation folds, subsets) share their compiled programs."""
         num_samples = array.shape[0]
         sample_weight = validation.check_sample_weight(sample_weight, num_samples)
         labels = self._partial_labels(y, num_samples, model.num_components)
@@ -253,11 +267,15 @@ class MixtureModel(*DENSITY_BASES, EMEstimator):
         check_family_data = getattr(model.components, "check_data", None)
         if check_family_data is not None:
             check_family_data(array)
+        if pad and num_samples <= PAD_FIT_MAX_ROWS:
+            array, sample_weight = pad_rows(array, sample_weight)
+            if labels is not None:
+                labels = np.concatenate([labels, np.full(array.shape[0] - num_samples, -1)])
         x, row_weights = prepare_data(array, sample_weight, allow_missing=marginalize)
         if labels is None:
             return model, x, x, row_weights
         labelled = Mixture(Labelled(model.components), model.weight_concentration)
-        return labelled, (x, jnp.asarray(labels)), x, row_weights
+        return labelled, (x, jax.device_put(labels)), x, row_weights
 
     # ---- fitting
 
@@ -286,32 +304,33 @@ class MixtureModel(*DENSITY_BASES, EMEstimator):
                 f"{previous[0]} features), but this fit has {model.num_components} "
                 f"components and {num_features} features: set warm_start=False to start afresh."
             )
-        fit_model, data, x, row_weights = self._problem(model, array, y, sample_weight, marginalize)
+        fit_model, data, x, row_weights = self._problem(
+            model, array, y, sample_weight, marginalize, pad=True
+        )
         width = chunk_width(fit_model, data)
+        num_rows = x.shape[0]  # padded
         restart_chunk = settings.chunk_size or default_chunk_size(
-            num_samples, width, settings.num_restarts
+            num_rows, width, settings.num_restarts
         )
         algo = em(fit_model, self._mstep(fit_model), restart_chunk, accelerate=self.accelerate)
         if warm:
-            starts = jax.tree.map(lambda a: jnp.asarray(a, x.dtype)[None], self.params_)
+            starts = jax.tree.map(lambda a: np.asarray(a, x.dtype)[None], self.params_)
         else:
-            keys = jax.random.split(jax.random.key(settings.seed), settings.num_restarts)
+            keys = seeded_keys(settings.seed, settings.num_restarts)
             # User-given starts are estimated from the data with column means filled in.
             start_x = fill_column_means(x, row_weights) if marginalize else x
             starts = self._initial_params(plain_model, keys, start_x, row_weights, checked)
             starts = keys if starts is None else starts
         best, lanes = self.run_restarts(algo, starts, data, row_weights, settings)
-        final = em(
-            fit_model, chunk_size=settings.chunk_size or default_chunk_size(num_samples, width)
-        )
-        counts = _final_counts(final, best.params, data, row_weights)
+        final = em(fit_model, chunk_size=settings.chunk_size or default_chunk_size(num_rows, width))
+        counts, total = _final_counts(final, best.params, data, x, row_weights)
+        total = np.asarray(total)
 
         self.model_ = model
         self.params_ = _to_numpy(best.params)
         self.weights_ = self.params_.weights
         # scikit-learn's lower bound is the mean per sample (per unit of sample weight).
-        total = np.asarray(total_weight(x, row_weights, x.dtype))
-        self.lower_bounds_ = np.asarray(best.history[: self.n_iter_]) / total
+        self.lower_bounds_ = np.asarray(best.history)[: self.n_iter_] / total
         self.lower_bound_ = float(
             self.lower_bounds_[-1] if self.n_iter_ else np.asarray(best.log_likelihood) / total
         )
@@ -350,9 +369,9 @@ class MixtureModel(*DENSITY_BASES, EMEstimator):
         state = getattr(self, "_online_state", None)
         if state is None or state.params is not getattr(self, "_online_params", None):
             if continuing:
-                params = jax.tree.map(lambda a: jnp.asarray(a, x.dtype), self.params_)
+                params = jax.tree.map(lambda a: np.asarray(a, x.dtype), self.params_)
             else:
-                key = jax.random.key(validation.check_random_state(self.random_state))
+                key = seeded_keys(validation.check_random_state(self.random_state))
                 start_x = fill_column_means(x, row_weights) if marginalize else x
                 starts = self._initial_params(plain_model, key[None], start_x, row_weights, checked)
                 if starts is None:
@@ -379,16 +398,21 @@ class MixtureModel(*DENSITY_BASES, EMEstimator):
 
     # ---- using the fitted model
 
-    def _fitted_rows(self, X: Any, allow_missing: bool = False) -> Array:
+    def _fitted_rows(self, X: Any, allow_missing: bool = False) -> np.ndarray:
         fitted_model = getattr(self, "model_", None)
         allow_missing = allow_missing or getattr(fitted_model, "handles_missing", False)
         array = self.check_input(X, reset=False, allow_missing=allow_missing)
-        return jnp.asarray(array.astype(self.weights_.dtype, copy=False))
+        return array.astype(self.weights_.dtype, copy=False)
 
     def _rows_output(self, X: Any, output: str) -> np.ndarray:
         x = self._fitted_rows(X)
+        num_samples = x.shape[0]
+        # Padded to a bucket of rows: every size of a bucket runs one compiled program, and each
+        # row's output is computed on its own, so the copies change nothing.
+        x, _ = pad_rows(x)
         size = self.chunk_size or default_chunk_size(x.shape[0], chunk_width(self.model_, x))
-        return np.asarray(_per_row(self.model_, self.params_, x, output, int(size)))
+        values = _per_row(self.model_, self.params_, x, output, int(size))
+        return np.asarray(values)[:num_samples]
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable component of each row, shape ``(n_samples,)``."""
@@ -459,7 +483,7 @@ class MixtureModel(*DENSITY_BASES, EMEstimator):
                 f"{type(family).__name__} cannot sample: give the family a "
                 "sample(key, params, labels) method that returns one draw per label."
             )
-        key = jax.random.key(validation.check_random_state(self.random_state))
+        key = seeded_keys(validation.check_random_state(self.random_state))
         n_samples = int(n_samples)
         x, labels = _sample(self.model_, self.params_, key, n_samples, sample_bucket(n_samples))
         return np.asarray(x)[:n_samples], np.asarray(labels)[:n_samples]
@@ -601,7 +625,7 @@ class GaussianMixture(MixtureModel):
         self.degenerate_ = np.asarray(degenerate)
 
 
-@partial(jit, static_argnames=("gaussian",))
+@partial(cached_jit, static_argnames=("gaussian",))
 def _gaussian_attributes(
     gaussian: Gaussian, params: GaussianParams, counts: Array
 ) -> tuple[Array, Array, Array]:
@@ -613,7 +637,7 @@ def _gaussian_attributes(
     )
 
 
-@partial(jit, static_argnames=("model",))
+@partial(cached_jit, static_argnames=("model",))
 def _gaussian_initial_params(
     model: Mixture,
     keys: Array,

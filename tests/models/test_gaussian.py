@@ -11,6 +11,7 @@ from sklearn.datasets import load_iris
 from sklearn.mixture import GaussianMixture
 
 import jaxem
+from jaxem.core.program_cache import clear_memory
 from jaxem.models import gaussian
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -361,6 +362,7 @@ def test_fit_with_features_computed_once_equals_fit_building_them_per_chunk(monk
     for budget in (gaussian.PREPARED_ELEMENTS, 0):
         monkeypatch.setattr(gaussian, "PREPARED_ELEMENTS", budget)
         jax.clear_caches()  # the budget is read while tracing
+        clear_memory()
         for chunk_size in (None, 64):
             for w in (None, weights):
                 prepared.clear()
