@@ -215,6 +215,18 @@ def compile_options(tree: Any) -> dict[str, Any]:
     return dict(SMALL_PROGRAM_OPTIONS) if elements <= SMALL_PROGRAM_ELEMENTS else {}
 
 
+def plain_call(tree: Any) -> bool:
+    """Whether every argument is a concrete value on the default device (no tracer, no array on
+    another device): the calls a compiled program of its own serves."""
+    default = jax.devices()[0]
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.core.Tracer):
+            return False
+        if isinstance(leaf, jax.Array) and leaf.sharding.device_set != {default}:
+            return False
+    return True
+
+
 def trace_context() -> tuple[Any, ...]:
     return tuple(getattr(jax.config, name, None) for name in TRACE_OPTIONS)
 
@@ -254,12 +266,15 @@ class CachedProgram:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if jax.config.jax_disable_jit:
-            return self.fn(*args, **kwargs)
+            return self.jitted(*args, **kwargs)
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         arguments = bound.arguments
         static = tuple(arguments[name] for name in self.static_argnames)
         dynamic = {k: v for k, v in arguments.items() if k not in self.static_argnames}
+        if not plain_call(dynamic):
+            # Inside a trace (jit, vmap, grad) or on other devices: JAX's own jit does it all.
+            return self.jitted(*args, **kwargs)
         shapes = abstract_signature(dynamic)
         context = trace_context()
         key = (static, shapes, context)
