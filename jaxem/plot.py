@@ -10,9 +10,12 @@ Pass ``ax`` to draw into an existing axes instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from jaxem.core.program_cache import cached_jit
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -50,12 +53,18 @@ def _colors(num: int) -> list[Any]:
     return [cmap(i % cmap.N) for i in range(num)]
 
 
+@partial(cached_jit, static_argnames=("components",))
+def _covariances(components: Any, params: Any) -> Any:
+    # Compiled (and stored): run eagerly, each operation compiles on its own in a new process.
+    return components.covariances(params)
+
+
 def full_covariances(model: Mixture, params: MixtureParams) -> np.ndarray:
     """Every component's covariance as a ``[K, D, D]`` matrix, whatever the covariance type."""
     components = model.components
     means = np.asarray(params.components.means)
     k, d = means.shape
-    cov = np.asarray(components.covariances(params.components))
+    cov = np.asarray(_covariances(components, params.components))
     kind = getattr(components, "covariance_type", "full")
     if kind == "tied":
         return np.broadcast_to(cov, (k, d, d)).copy()

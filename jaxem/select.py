@@ -29,7 +29,7 @@ import numpy as np
 from jaxem import init as initializers
 from jaxem.core.algorithm import em
 from jaxem.core.estep import num_rows, total_weight
-from jaxem.core.inputs import is_key, prepare_data
+from jaxem.core.inputs import is_key, prepare_data, seeded_keys
 from jaxem.core.kernel import Status
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import count_free_parameters
@@ -480,13 +480,15 @@ def select(
             f"x has {n} rows but num_components goes up to {max(ks)}: use at most {n} components "
             "or more data."
         )
-    if not is_key(key):
-        key = jax.random.key(int(key))
-    keys = jax.random.split(key, num_restarts)
-    num_active = jnp.repeat(jnp.asarray(ks), num_restarts)
-    total = float(total_weight(x, row_weights, x.dtype))
+    # Host arrays and compiled programs only: an eager operation compiles on its own, per shape,
+    # in every new process.
+    keys = (
+        jax.random.split(key, num_restarts) if is_key(key) else seeded_keys(int(key), num_restarts)
+    )
+    num_active = np.repeat(np.asarray(ks), num_restarts)
+    total = float(n if row_weights is None else np.sum(np.asarray(row_weights)))
     # Every cell uses the same keys, so the max(K) seeding per key serves all of them.
-    centers = jnp.tile(_seed_centers(keys, x, row_weights, max(ks)), (len(ks), 1, 1))
+    centers = np.tile(np.asarray(_seed_centers(keys, x, row_weights, max(ks))), (len(ks), 1, 1))
 
     rows: list[SelectionRow] = []
     restarts: dict[tuple[int, str], FitResult] = {}
@@ -501,9 +503,8 @@ def select(
         entropy, degenerate = jax.device_get(
             _lane_summaries(model, lanes.params, num_active, x, row_weights, size)
         )
-        loglik, num_iters, status = jax.device_get(
-            (lanes.log_likelihood, lanes.num_iters, lanes.status)
-        )
+        lanes = jax.device_get(lanes)  # cells are sliced on the host
+        loglik, num_iters, status = lanes.log_likelihood, lanes.num_iters, lanes.status
         for i, k in enumerate(ks):
             cell = slice(i * num_restarts, (i + 1) * num_restarts)
             r = _best_restart(loglik[cell], degenerate[cell])

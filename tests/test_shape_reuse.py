@@ -110,3 +110,25 @@ def test_functional_fit_reuses_its_program_for_another_max_iter_and_tol():
     assert first.history.shape == (20,) and second.history.shape == (25,)
     n = int(first.num_iters)
     np.testing.assert_array_equal(first.history[:n], second.history[:n])
+
+
+def test_restart_lanes_run_in_buckets_and_change_nothing(monkeypatch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        three = jaxem.GaussianMixture(2, n_init=3, random_state=4).fit(X)
+        with count_compilations() as compiled:  # 3 and 4 restarts: one bucket of 4 lanes
+            four = jaxem.GaussianMixture(2, n_init=4, random_state=4).fit(X)
+        assert compiled == []
+        assert three.restart_log_likelihoods_.shape == (3,)
+        assert three.restart_n_iters_.shape == three.restart_statuses_.shape == (3,)
+        # The same keys give the same lanes (restart i starts from split(key(4), n_init)[i]).
+        np.testing.assert_array_equal(
+            three.restart_log_likelihoods_, four.restart_log_likelihoods_[:3]
+        )
+        # Without buckets (a large fit's path), the same best restart and parameters.
+        monkeypatch.setattr(mixture_module, "PAD_FIT_MAX_ROWS", 0)
+        exact = jaxem.GaussianMixture(2, n_init=3, random_state=4).fit(X)
+    np.testing.assert_allclose(
+        exact.restart_log_likelihoods_, three.restart_log_likelihoods_, rtol=1e-12
+    )
+    assert max_relative_difference(three.params_, exact.params_) < 1e-12

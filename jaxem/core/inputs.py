@@ -265,18 +265,55 @@ def _seeded_keys(seed: Array, num_keys: int | None) -> Array:
     return key if num_keys is None else jax.random.split(key, num_keys)
 
 
-def seeded_keys(seed: int, num_keys: int | None = None) -> Array:
+@partial(cached_jit, static_argnames=("num_lanes",))
+def _seeded_lanes(seed: Array, num_keys: Array, num_lanes: int) -> Array:
+    # With partitionable threefry the first n keys of a split into more are the split into n, so
+    # num_keys can be a run-time value: one program serves every num_keys of a bucket.
+    data = jax.random.key_data(jax.random.split(jax.random.key(seed), num_lanes))
+    data = jnp.where((jnp.arange(num_lanes) < num_keys)[:, None], data, data[:1])
+    return jax.random.wrap_key_data(data)
+
+
+def seeded_keys(seed: int, num_keys: int | None = None, num_lanes: int | None = None) -> Array:
     """``jax.random.key(seed)`` split ``num_keys`` times (one key for ``None``), as one compiled
-    program: made eagerly, the key and the split each compile in every new process.
+    program: made eagerly, the key and the split each compile in every new process. With
+    ``num_lanes`` (at least ``num_keys``) the batch is filled up to that many with copies of the
+    first key: lanes that repeat lane 0 exactly, so that a fit of them picks the same best lane.
 
     Example:
         >>> import jax
         >>> bool((seeded_keys(7, 3) == jax.random.split(jax.random.key(7), 3)).all())
         True
+        >>> seeded_keys(7, 3, num_lanes=4).shape
+        (4,)
     """
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed!r}.")
-    return _seeded_keys(np.uint32(seed), num_keys)
+    if num_keys is None or num_lanes is None or not jax.config.jax_threefry_partitionable:
+        keys = _seeded_keys(np.uint32(seed), num_keys)
+        if num_keys is None or num_lanes is None or num_lanes == num_keys:
+            return keys
+        copies = np.zeros(num_lanes - num_keys, int)
+        return jax.random.wrap_key_data(
+            np.concatenate(
+                [
+                    np.asarray(jax.random.key_data(keys)),
+                    np.asarray(jax.random.key_data(keys))[copies],
+                ]
+            )
+        )
+    return _seeded_lanes(np.uint32(seed), num_keys, num_lanes)
+
+
+def lane_bucket(num_restarts: int) -> int:
+    """The restart lanes a small fit of ``num_restarts`` runs: the next power of two, so that every
+    ``n_init`` of a bucket runs one compiled program (the extra lanes repeat lane 0).
+
+    Example:
+        >>> [lane_bucket(n) for n in (1, 2, 3, 5, 8, 9)]
+        [1, 2, 4, 8, 8, 16]
+    """
+    return 1 << (num_restarts - 1).bit_length()
 
 
 def num_lanes(init: Any) -> int:
@@ -297,6 +334,7 @@ __all__ = [
     "num_lanes",
     "prepare_data",
     "PAD_FIT_MAX_ROWS",
+    "lane_bucket",
     "pad_rows",
     "restart_keys",
     "row_bucket",

@@ -17,7 +17,7 @@ from jax import lax
 
 from jaxem.core.algorithm import EM
 from jaxem.core.inputs import check_iterations, is_key, model_data, num_lanes, restart_keys
-from jaxem.core.kernel import EMState, Status
+from jaxem.core.kernel import EMKernel, EMState, Status
 from jaxem.core.program_cache import cached_jit
 from jaxem.core.rows import initial_params
 from jaxem.core.subsample import sample_size
@@ -50,6 +50,13 @@ class FitResult(NamedTuple):
     num_iters: Array
     status: Array
     history: Array
+
+
+class FinalStats(NamedTuple):
+    """The summed statistics at a fit's final parameters, and the total row weight they share."""
+
+    stats: Any
+    total_weight: Array
 
 
 def report_progress(iteration: Array, log_likelihood: Array) -> None:
@@ -93,18 +100,30 @@ def empty_history(max_iter: int, dtype: Any) -> Array:
     return jnp.full((max(max_iter, 1),), jnp.nan, dtype)
 
 
-def finish(kernel: Any, state: EMState, history: Array, rows: Any, max_iter: int) -> FitResult:
+def finish(
+    kernel: Any,
+    state: EMState,
+    history: Array,
+    rows: Any,
+    max_iter: int,
+    *,
+    with_stats: bool = False,
+) -> Any:
     """The :class:`FitResult` of a stopped loop: the log-likelihood at the final parameters (one
-    more pass), ``-inf`` for a non-finite fit."""
-    final = kernel.log_likelihood(state.params, rows)
+    more pass), ``-inf`` for a non-finite fit. With ``with_stats``, also that pass's summed
+    statistics and total row weight: ``(result, stats, total)``."""
+    # Every kernel's log-likelihood is the plain E-pass's (neither the M-step nor an acceleration
+    # enters it), and that pass also gives the statistics at the final parameters.
+    stats, final, total = EMKernel(kernel.model).e_pass(state.params, rows)
     bad = (state.status == Status.NONFINITE) | ~jnp.isfinite(final)
-    return FitResult(
+    result = FitResult(
         state.params,
         jnp.where(bad, -jnp.inf, final),
         state.iteration,
         state.status,
         history[:max_iter],
     )
+    return (result, stats, total) if with_stats else result
 
 
 def run_fit(
@@ -115,17 +134,20 @@ def run_fit(
     max_iter: Any,
     verbose: int = 0,
     history_size: int | None = None,
-) -> FitResult:
+    *,
+    with_stats: bool = False,
+) -> Any:
     """One whole fit from ``params`` (traceable: jit it, vmap it, put it in ``shard_map``).
 
     ``max_iter`` is an integer, or a traced one when ``history_size`` (at least ``max_iter``) gives
     the history's length; the history then keeps that length, NaN beyond the iterations run.
+    With ``with_stats``: ``(result, stats, total)`` as :func:`finish` gives them.
     """
     rows = rows.prepare(kernel.model)  # data-only work, once per fit (see jaxem.core.model)
     state = kernel.init(params, rows, tol=tol, max_iter=max_iter)
     size = max_iter if history_size is None else history_size
     state, history = fit_loop(kernel, state, empty_history(size, rows.dtype), rows, verbose=verbose)
-    return finish(kernel, state, history, rows, size)
+    return finish(kernel, state, history, rows, size, with_stats=with_stats)
 
 
 def history_size(max_iter: int) -> int:
@@ -152,20 +174,21 @@ def _fit_program(kernel, params, rows, tol, max_iter, history_size, verbose):
     return run_fit(kernel, params, rows, tol, max_iter, verbose, history_size)
 
 
-@partial(cached_jit, static_argnames=("kernel", "history_size", "verbose"))
+@partial(cached_jit, static_argnames=("kernel", "history_size", "verbose"), lanes_argname="params")
 def _restarts_program(kernel, params, rows, tol, max_iter, history_size, verbose):
-    results = jax.vmap(lambda p: run_fit(kernel, p, rows, tol, max_iter, verbose, history_size))(
-        params
-    )
+    results, stats, total = jax.vmap(
+        lambda p: run_fit(kernel, p, rows, tol, max_iter, verbose, history_size, with_stats=True)
+    )(params)
     # The best lane is taken in the program: taken outside, each leaf's slice compiles on its own.
-    return take_lane(results, best_restart(results)), results
+    best = best_restart(results)
+    return take_lane(results, best), results, take_lane(stats, best), total[0]
 
 
 # Starts from keys compile as programs of their own, not inside the fit's: XLA's compile-time
 # memory is returned to the heap between compilations, so two programs peak at the larger one's
 # (measured at (10^6, 8, 8): 175 MiB against 252 MiB for one program holding both). The sample
 # size is a static argument, so a compiled start is reused only for the same sample size.
-@partial(cached_jit, static_argnames=("model", "size"))
+@partial(cached_jit, static_argnames=("model", "size"), lanes_argname="keys")
 def _start_program(model, keys, rows, size):
     # Starts in batches of lanes: each batch shares its passes over the data (half the time of one
     # lane at a time for 32 restarts at (2 10^4, 8, 8)), while the sample ranking's temporaries grow
@@ -257,7 +280,8 @@ def fit_restarts(
     max_iter: int = 100,
     tol: float = 1e-3,
     verbose: int = 0,
-) -> tuple[FitResult, FitResult]:
+    final_stats: bool = False,
+) -> Any:
     """Run many EM fits as one vmapped computation and return the best and all of them.
 
     Each lane stops on its own criterion and then stays frozen while the others run. Lane ``i``
@@ -268,9 +292,12 @@ def fit_restarts(
         init: a PRNG key (split into ``num_restarts`` keys), a batch of keys, or initial parameters
             with a leading restart axis on every leaf.
         num_restarts: required when ``init`` is a single key.
+        final_stats: also return the best lane's :class:`FinalStats` (the statistics of the
+            pass that gives its final log-likelihood: no extra pass over the data).
 
     Returns:
-        ``(best, all)``: the best lane's :class:`FitResult`, and every lane's with a leading axis.
+        ``(best, all)``: the best lane's :class:`FitResult`, and every lane's with a leading axis;
+        ``(best, all, stats)`` with ``final_stats``.
 
     Example:
         >>> import jax, jaxem
@@ -289,14 +316,16 @@ def fit_restarts(
     rows = algo.rows(x, row_weights)
     if is_key(init):
         init = start_params(algo.model, init, rows)
-    best, results = _restarts_program(
+    best, results, stats, total = _restarts_program(
         algo.kernel, init, rows, tol, max_iter, history_size(max_iter), verbose
     )
-    return trim_history(best, max_iter), trim_history(results, max_iter)
+    best, results = trim_history(best, max_iter), trim_history(results, max_iter)
+    return (best, results, FinalStats(stats, total)) if final_stats else (best, results)
 
 
 __all__ = [
     "INIT_BATCH_LANES",
+    "FinalStats",
     "FitResult",
     "best_restart",
     "empty_history",

@@ -24,7 +24,7 @@ from jaxem import validation
 from jaxem.core.algorithm import EM
 from jaxem.core.inputs import ConvergenceWarning
 from jaxem.core.kernel import Status
-from jaxem.drivers.fit import FitResult, fit_restarts
+from jaxem.drivers.fit import FinalStats, FitResult, fit_restarts
 
 try:
     from sklearn.base import BaseEstimator, DensityMixin
@@ -169,8 +169,9 @@ class EMEstimator(*ESTIMATOR_BASES):
         row_weights: Any,
         settings: FitSettings,
         row_tol: float | None = None,
-    ) -> tuple[FitResult, FitResult]:
-        """All restarts as one vmapped fit; the best lane and all of them.
+    ) -> tuple[FitResult, FitResult, FinalStats]:
+        """All restarts as one vmapped fit; the best lane, all of them, and the statistics at the
+        best lane's parameters (from the pass that gives its final log-likelihood).
 
         ``row_tol`` is the threshold on the mean log-likelihood per row that the fit compares,
         where the estimator's ``tol`` means something else (hmmlearn's is on the total).
@@ -178,7 +179,7 @@ class EMEstimator(*ESTIMATOR_BASES):
         Raises the estimator's ``nonfinite_message`` when no restart stayed finite, and warns
         (:class:`EstimatorConvergenceWarning`) when the best did not converge.
         """
-        best, lanes = fit_restarts(
+        best, lanes, final = fit_restarts(
             algo,
             starts,
             data,
@@ -186,14 +187,16 @@ class EMEstimator(*ESTIMATOR_BASES):
             max_iter=settings.max_iter,
             tol=settings.tol if row_tol is None else row_tol,
             verbose=settings.progress_interval,
+            final_stats=True,
         )
         status = int(best.status)
         if status == Status.NONFINITE:
             raise ValueError(self.nonfinite_message)
         self.n_iter_ = int(best.num_iters)
         self.converged_ = status == Status.CONVERGED
-        self.restart_n_iters_ = np.asarray(lanes.num_iters)
-        self.restart_statuses_ = np.asarray(lanes.status)
+        # Lanes beyond num_restarts (a bucket's copies of lane 0) are not restarts of their own.
+        self.restart_n_iters_ = np.asarray(lanes.num_iters)[: settings.num_restarts]
+        self.restart_statuses_ = np.asarray(lanes.status)[: settings.num_restarts]
         if status == Status.MAX_ITER and settings.max_iter > 0:
             warnings.warn(
                 f"{type(self).__name__}: the best of {settings.num_restarts} restart(s) did not "
@@ -203,7 +206,7 @@ class EMEstimator(*ESTIMATOR_BASES):
                 EstimatorConvergenceWarning,
                 stacklevel=3,
             )
-        return best, lanes
+        return best, lanes, final
 
     # ---- fitted state
 

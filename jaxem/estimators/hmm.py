@@ -217,7 +217,7 @@ class HMMEstimator(EMEstimator):
         algo = em(model, self._mstep(), chunk_size=settings.chunk_size)
         # hmmlearn's tol is on the total log-likelihood; the fit compares the mean per sequence.
         num_sequences = int(data.lengths.shape[0])
-        best, lanes = self.run_restarts(
+        best, lanes, _ = self.run_restarts(
             algo, starts, data, None, settings, row_tol=settings.tol / num_sequences
         )
         self.model_ = model

@@ -20,9 +20,15 @@ import numpy as np
 from jax import lax
 
 from jaxem import validation
-from jaxem.core.algorithm import EM, em
+from jaxem.core.algorithm import em
 from jaxem.core.estep import total_weight
-from jaxem.core.inputs import PAD_FIT_MAX_ROWS, pad_rows, prepare_data, seeded_keys
+from jaxem.core.inputs import (
+    PAD_FIT_MAX_ROWS,
+    lane_bucket,
+    pad_rows,
+    prepare_data,
+    seeded_keys,
+)
 from jaxem.core.mixture import Mixture, MixtureParams
 from jaxem.core.model import Components
 from jaxem.core.mstep import ClosedForm, Gradient, default_mstep
@@ -68,16 +74,6 @@ def _per_row(model: Mixture, params: MixtureParams, x: Array, output: str, batch
         return log_norm[0]
 
     return lax.map(one, x, batch_size=batch_size)
-
-
-@partial(cached_jit, static_argnames=("algo",))
-def _final_counts(
-    algo: EM, params: MixtureParams, data: Any, x: Array, row_weights: Array | None
-) -> tuple[Array, Array]:
-    """Summed responsibilities per component at ``params`` (the final E-step), and the total row
-    weight they share out."""
-    counts = algo.e_pass(params, data, row_weights)[0].counts
-    return counts, total_weight(x, row_weights, x.dtype)
 
 
 # Compiled once per model and shapes, for every call (each of partial_fit's mini-batches).
@@ -309,22 +305,23 @@ class MixtureModel(*DENSITY_BASES, EMEstimator):
         )
         width = chunk_width(fit_model, data)
         num_rows = x.shape[0]  # padded
-        restart_chunk = settings.chunk_size or default_chunk_size(
-            num_rows, width, settings.num_restarts
-        )
+        # A small fit runs its restarts in a bucket of lanes, the extra ones copies of lane 0 (so
+        # the best lane is the same), and another n_init of the bucket compiles nothing.
+        small = num_samples <= PAD_FIT_MAX_ROWS
+        num_lanes = lane_bucket(settings.num_restarts) if small else settings.num_restarts
+        restart_chunk = settings.chunk_size or default_chunk_size(num_rows, width, num_lanes)
         algo = em(fit_model, self._mstep(fit_model), restart_chunk, accelerate=self.accelerate)
         if warm:
             starts = jax.tree.map(lambda a: np.asarray(a, x.dtype)[None], self.params_)
         else:
-            keys = seeded_keys(settings.seed, settings.num_restarts)
+            keys = seeded_keys(settings.seed, settings.num_restarts, num_lanes)
             # User-given starts are estimated from the data with column means filled in.
             start_x = fill_column_means(x, row_weights) if marginalize else x
             starts = self._initial_params(plain_model, keys, start_x, row_weights, checked)
             starts = keys if starts is None else starts
-        best, lanes = self.run_restarts(algo, starts, data, row_weights, settings)
-        final = em(fit_model, chunk_size=settings.chunk_size or default_chunk_size(num_rows, width))
-        counts, total = _final_counts(final, best.params, data, x, row_weights)
-        total = np.asarray(total)
+        best, lanes, final = self.run_restarts(algo, starts, data, row_weights, settings)
+        counts = final.stats.counts
+        total = np.asarray(final.total_weight)
 
         self.model_ = model
         self.params_ = _to_numpy(best.params)
@@ -334,7 +331,8 @@ class MixtureModel(*DENSITY_BASES, EMEstimator):
         self.lower_bound_ = float(
             self.lower_bounds_[-1] if self.n_iter_ else np.asarray(best.log_likelihood) / total
         )
-        self.restart_log_likelihoods_ = np.asarray(lanes.log_likelihood) / total
+        restarts = settings.num_restarts
+        self.restart_log_likelihoods_ = np.asarray(lanes.log_likelihood)[:restarts] / total
         self._set_family_attributes(model, best.params, counts)
         return self
 
@@ -663,6 +661,13 @@ def _gaussian_initial_params(
         counts = stats.counts + 10 * jnp.finfo(x.dtype).eps
         components = gaussian.m_step(reference, stats)._replace(means=means_init)
         return MixtureParams(counts / jnp.sum(counts), components)
+
+    if not any(init is None for init in (weights_init, means_init, precisions_init)):
+        # All given: every restart starts there, with no pass over the data.
+        start = MixtureParams(
+            weights_init, gaussian.params_from_precisions(means_init, precisions_init)
+        )
+        return jax.tree.map(lambda a: jnp.broadcast_to(a, (keys.shape[0], *a.shape)), start)
 
     def one(key: Array) -> MixtureParams:
         if means_init is None:
