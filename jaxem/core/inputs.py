@@ -82,6 +82,15 @@ def _weights_ok(row_weights: Array) -> tuple[Array, Array, Array]:
     )
 
 
+# Host arrays of at most this many elements are checked with NumPy (the temporaries are small).
+HOST_CHECK_ELEMENTS = 1 << 20
+
+
+def on_host_check(value: Any) -> bool:
+    """Whether ``value`` is checked on the host: a small array that is not a JAX array."""
+    return not isinstance(value, jax.Array) and np.size(value) <= HOST_CHECK_ELEMENTS
+
+
 def _aliases(placed: Array, host: np.ndarray) -> bool:
     try:
         return placed.unsafe_buffer_pointer() == host.ctypes.data
@@ -131,6 +140,14 @@ def prepare_data(
             return placed
         return a if jnp.issubdtype(a.dtype, jnp.floating) else a.astype(jnp.result_type(float))
 
+    # Small host arrays are checked on the host: a check on the device is a compiled program,
+    # loaded or compiled once per shape in every process.
+    on_host = [on_host_check(leaf) for leaf in leaves]
+    finite_on_host = allow_missing or all(
+        bool(np.isfinite(np.asarray(leaf)).all())
+        for leaf, host in zip(leaves, on_host, strict=True)
+        if host
+    )
     x = jax.tree.map(to_float, x)
     n = num_rows(x)
     if n == 0:
@@ -138,19 +155,34 @@ def prepare_data(
     if allow_missing:
         for leaf in jax.tree.leaves(x):
             check_missing(np.asarray(leaf))
-    elif not all(bool(all_finite_leaf(leaf)) for leaf in jax.tree.leaves(x)):
+    elif not finite_on_host or not all(
+        bool(all_finite_leaf(leaf))
+        for leaf, host in zip(jax.tree.leaves(x), on_host, strict=True)
+        if not host
+    ):
         raise ValueError(
             "x contains NaN or infinity: remove or impute those values before fitting."
         )
     if row_weights is not None:
         dtype = jax.tree.leaves(x)[0].dtype
-        row_weights = jnp.asarray(row_weights, dtype)
+        host = on_host_check(row_weights)
+        if isinstance(row_weights, jax.Array):
+            row_weights = row_weights.astype(dtype)
+        else:
+            row_weights = np.asarray(row_weights, dtype)
         if row_weights.shape != (n,):
             raise ValueError(
                 f"row_weights has shape {row_weights.shape} but x has {n} rows: pass one weight "
                 "per row."
             )
-        finite, non_negative, positive = _weights_ok(row_weights)
+        if host:
+            finite = np.isfinite(row_weights).all()
+            non_negative = finite and (row_weights >= 0).all()
+            positive = (row_weights > 0).any()
+        else:
+            row_weights = jax.device_put(row_weights)
+            finite, non_negative, positive = _weights_ok(row_weights)
+        row_weights = jax.device_put(row_weights)
         if not bool(finite) or not bool(non_negative):
             raise ValueError("row_weights must be finite and non-negative.")
         if not bool(positive):
