@@ -82,13 +82,14 @@ def _weights_ok(row_weights: Array) -> tuple[Array, Array, Array]:
     )
 
 
-# Host arrays of at most this many elements are checked with NumPy (the temporaries are small).
+# Arrays of at most this many elements are checked with NumPy on the host (the temporaries, and a
+# device array's copy to the host, are small).
 HOST_CHECK_ELEMENTS = 1 << 20
 
 
 def on_host_check(value: Any) -> bool:
-    """Whether ``value`` is checked on the host: a small array that is not a JAX array."""
-    return not isinstance(value, jax.Array) and np.size(value) <= HOST_CHECK_ELEMENTS
+    """Whether ``value`` is checked on the host: a small array."""
+    return np.size(value) <= HOST_CHECK_ELEMENTS
 
 
 def _aliases(placed: Array, host: np.ndarray) -> bool:
@@ -167,7 +168,7 @@ def prepare_data(
         dtype = jax.tree.leaves(x)[0].dtype
         host = on_host_check(row_weights)
         if isinstance(row_weights, jax.Array):
-            row_weights = row_weights.astype(dtype)
+            row_weights = row_weights if row_weights.dtype == dtype else row_weights.astype(dtype)
         else:
             row_weights = np.asarray(row_weights, dtype)
         if row_weights.shape != (n,):
@@ -176,9 +177,10 @@ def prepare_data(
                 "per row."
             )
         if host:
-            finite = np.isfinite(row_weights).all()
-            non_negative = finite and (row_weights >= 0).all()
-            positive = (row_weights > 0).any()
+            weights = np.asarray(row_weights)
+            finite = np.isfinite(weights).all()
+            non_negative = finite and (weights >= 0).all()
+            positive = (weights > 0).any()
         else:
             row_weights = jax.device_put(row_weights)
             finite, non_negative, positive = _weights_ok(row_weights)
