@@ -152,3 +152,14 @@ def test_a_program_with_a_user_function_runs_without_being_stored(tmp_path, monk
     assert float(apply(jnp.ones(()), fn=lambda a: a + 1)) == 2.0
     assert apply.stats["compiled"] == 1 and apply.stats["stored"] == 0
     assert list(tmp_path.glob("*.jaxem-program")) == []
+
+
+def test_the_store_keeps_the_most_recently_used_programs(tmp_path):
+    for i in range(10):
+        path = tmp_path / f"{i}{program_cache.SUFFIX}"
+        path.write_bytes(b"x")
+        os.utime(path, (i, i))
+    assert program_cache.prune(tmp_path, limit=12) == 0
+    assert program_cache.prune(tmp_path, limit=8) == 4  # down to 8, less a quarter of 8
+    kept = sorted(int(path.name.split(".")[0]) for path in tmp_path.glob("*.jaxem-program"))
+    assert kept == [4, 5, 6, 7, 8, 9]

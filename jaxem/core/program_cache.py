@@ -9,7 +9,9 @@ instead of tracing and compiling again. Only jaxem's own configuration objects e
 kept in memory only), together with the argument shapes and dtypes, the versions of jaxem's
 source, JAX and jaxlib, the backend and device kind, and the JAX options that change a trace. A
 stale entry therefore never matches, and an unreadable one is deleted and rebuilt; nothing in the
-store can change a result.
+store can change a result. The store keeps the ``MAX_STORED_PROGRAMS`` most recently used
+programs. Its files are read with ``pickle``: like any file in your cache directory, trust it as
+you trust your account.
 
 The store lives in the user's cache directory (``$XDG_CACHE_HOME/jaxem`` or ``~/.cache/jaxem`` on
 Linux, ``~/Library/Caches/jaxem`` on macOS, ``%LOCALAPPDATA%\\jaxem\\cache`` on Windows). The
@@ -42,6 +44,8 @@ import numpy as np
 from jaxem.core.precision import jit
 
 CACHE_ENV = "JAXEM_CACHE_DIR"
+# The store keeps at most this many programs; past it the least recently used quarter goes.
+MAX_STORED_PROGRAMS = 4096
 DISABLED_VALUES = ("", "0", "off", "false", "no")
 FORMAT_VERSION = 1
 SUFFIX = ".jaxem-program"
@@ -350,7 +354,9 @@ class CachedProgram:
                 version, payload, in_tree, out_tree = pickle.load(file)
             if version != FORMAT_VERSION:
                 raise ValueError("another format")
-            return deserialize_and_load(payload, in_tree, out_tree)
+            program = deserialize_and_load(payload, in_tree, out_tree)
+            os.utime(path)  # recently used: kept when the store is pruned
+            return program
         except FileNotFoundError:
             return None
         except Exception:  # a stale or corrupt entry is dropped and rebuilt
@@ -374,9 +380,31 @@ class CachedProgram:
             with os.fdopen(handle, "wb") as file:
                 file.write(data)
             os.replace(temporary, path)
+            prune(path.parent)
         except OSError:  # a read-only or full disk costs the store, never the fit
             return False
         return True
+
+
+def prune(folder: Path, limit: int | None = None) -> int:
+    """Delete the least recently used quarter of the stored programs when there are more than
+    ``limit`` (default ``MAX_STORED_PROGRAMS``); returns how many went."""
+    limit = MAX_STORED_PROGRAMS if limit is None else limit
+    paths = list(folder.glob(f"*{SUFFIX}"))
+    if len(paths) <= limit:
+        return 0
+
+    def last_used(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    paths.sort(key=last_used)
+    doomed = paths[: len(paths) - limit + limit // 4]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return len(doomed)
 
 
 def cached_jit(
@@ -418,6 +446,7 @@ __all__ = [
     "cached_jit",
     "clear_cache",
     "clear_memory",
+    "prune",
     "compile_options",
     "default_cache_dir",
     "stable_description",
