@@ -88,7 +88,12 @@ HOST_CHECK_ELEMENTS = 1 << 20
 
 
 def on_host_check(value: Any) -> bool:
-    """Whether ``value`` is checked on the host: a small array."""
+    """Whether ``value`` is checked on the host: a small array, held whole by one device if it is
+    a JAX array (a sharded or multi-host array is checked where it lives)."""
+    if isinstance(value, jax.Array) and (
+        not value.is_fully_addressable or len(value.sharding.device_set) > 1
+    ):
+        return False
     return np.size(value) <= HOST_CHECK_ELEMENTS
 
 
@@ -181,10 +186,10 @@ def prepare_data(
             finite = np.isfinite(weights).all()
             non_negative = finite and (weights >= 0).all()
             positive = (weights > 0).any()
-        else:
+        if not isinstance(row_weights, jax.Array):  # a JAX array stays where it is (sharded)
             row_weights = jax.device_put(row_weights)
+        if not host:
             finite, non_negative, positive = _weights_ok(row_weights)
-        row_weights = jax.device_put(row_weights)
         if not bool(finite) or not bool(non_negative):
             raise ValueError("row_weights must be finite and non-negative.")
         if not bool(positive):
