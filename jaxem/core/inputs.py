@@ -97,6 +97,21 @@ def on_host_check(value: Any) -> bool:
     return np.size(value) <= HOST_CHECK_ELEMENTS
 
 
+def is_finite(leaf: Any) -> bool:
+    """Whether every value of ``leaf`` is finite: with NumPy for a small array (a check on the
+    device is a compiled program, loaded or compiled once per shape in every process), else on
+    the device where it lives."""
+    if on_host_check(leaf):
+        return bool(np.isfinite(np.asarray(leaf)).all())
+    return bool(all_finite_leaf(leaf))
+
+
+def weights_ok_on_host(row_weights: np.ndarray) -> tuple[bool, bool, bool]:
+    """:func:`_weights_ok`'s three answers with NumPy: finite, non-negative, some positive."""
+    finite = bool(np.isfinite(row_weights).all())
+    return finite, finite and bool((row_weights >= 0).all()), bool((row_weights > 0).any())
+
+
 def _aliases(placed: Array, host: np.ndarray) -> bool:
     try:
         return placed.unsafe_buffer_pointer() == host.ctypes.data
@@ -146,14 +161,6 @@ def prepare_data(
             return placed
         return a if jnp.issubdtype(a.dtype, jnp.floating) else a.astype(jnp.result_type(float))
 
-    # Small host arrays are checked on the host: a check on the device is a compiled program,
-    # loaded or compiled once per shape in every process.
-    on_host = [on_host_check(leaf) for leaf in leaves]
-    finite_on_host = allow_missing or all(
-        bool(np.isfinite(np.asarray(leaf)).all())
-        for leaf, host in zip(leaves, on_host, strict=True)
-        if host
-    )
     x = jax.tree.map(to_float, x)
     n = num_rows(x)
     if n == 0:
@@ -161,17 +168,12 @@ def prepare_data(
     if allow_missing:
         for leaf in jax.tree.leaves(x):
             check_missing(np.asarray(leaf))
-    elif not finite_on_host or not all(
-        bool(all_finite_leaf(leaf))
-        for leaf, host in zip(jax.tree.leaves(x), on_host, strict=True)
-        if not host
-    ):
+    elif not all(is_finite(leaf) for leaf in jax.tree.leaves(x)):
         raise ValueError(
             "x contains NaN or infinity: remove or impute those values before fitting."
         )
     if row_weights is not None:
         dtype = jax.tree.leaves(x)[0].dtype
-        host = on_host_check(row_weights)
         if isinstance(row_weights, jax.Array):
             row_weights = row_weights if row_weights.dtype == dtype else row_weights.astype(dtype)
         else:
@@ -181,15 +183,13 @@ def prepare_data(
                 f"row_weights has shape {row_weights.shape} but x has {n} rows: pass one weight "
                 "per row."
             )
-        if host:
-            weights = np.asarray(row_weights)
-            finite = np.isfinite(weights).all()
-            non_negative = finite and (weights >= 0).all()
-            positive = (weights > 0).any()
+        finite, non_negative, positive = (
+            weights_ok_on_host(np.asarray(row_weights))
+            if on_host_check(row_weights)
+            else _weights_ok(row_weights)
+        )
         if not isinstance(row_weights, jax.Array):  # a JAX array stays where it is (sharded)
             row_weights = jax.device_put(row_weights)
-        if not host:
-            finite, non_negative, positive = _weights_ok(row_weights)
         if not bool(finite) or not bool(non_negative):
             raise ValueError("row_weights must be finite and non-negative.")
         if not bool(positive):
@@ -328,31 +328,29 @@ def seeded_keys(seed: int, num_keys: int | None = None, num_lanes: int | None = 
     """
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed!r}.")
-    if num_keys is None or num_lanes is None or not jax.config.jax_threefry_partitionable:
-        keys = _seeded_keys(np.uint32(seed), num_keys)
-        if num_keys is None or num_lanes is None or num_lanes == num_keys:
-            return keys
-        copies = np.zeros(num_lanes - num_keys, int)
-        return jax.random.wrap_key_data(
-            np.concatenate(
-                [
-                    np.asarray(jax.random.key_data(keys)),
-                    np.asarray(jax.random.key_data(keys))[copies],
-                ]
-            )
-        )
-    return _seeded_lanes(np.uint32(seed), num_keys, num_lanes)
+    seed = np.uint32(seed)
+    if num_keys is None or num_lanes is None:
+        return _seeded_keys(seed, num_keys)
+    if jax.config.jax_threefry_partitionable:  # every num_keys of the bucket: one program
+        return _seeded_lanes(seed, num_keys, num_lanes)
+    # Otherwise a longer split need not begin with the shorter one: copies added on the host.
+    data = np.asarray(jax.random.key_data(_seeded_keys(seed, num_keys)))
+    copies = np.repeat(data[:1], num_lanes - num_keys, axis=0)
+    return jax.random.wrap_key_data(np.concatenate([data, copies]))
 
 
-def lane_bucket(num_restarts: int) -> int:
-    """The restart lanes a small fit of ``num_restarts`` runs: the next power of two, so that every
-    ``n_init`` of a bucket runs one compiled program (the extra lanes repeat lane 0).
+def power_of_two_bucket(size: int, minimum: int = 1) -> int:
+    """The next power of two of ``size``, at least ``minimum``: the bucket a size is run in so
+    that every size of a bucket shares one compiled program (restart lanes, the history of a fit,
+    the draws of a sample).
 
     Example:
-        >>> [lane_bucket(n) for n in (1, 2, 3, 5, 8, 9)]
+        >>> [power_of_two_bucket(n) for n in (1, 2, 3, 5, 8, 9)]
         [1, 2, 4, 8, 8, 16]
+        >>> power_of_two_bucket(3, minimum=16)
+        16
     """
-    return 1 << (num_restarts - 1).bit_length()
+    return max(minimum, 1 << (max(size, 1) - 1).bit_length())
 
 
 def num_lanes(init: Any) -> int:
@@ -373,9 +371,11 @@ __all__ = [
     "num_lanes",
     "prepare_data",
     "PAD_FIT_MAX_ROWS",
-    "lane_bucket",
+    "is_finite",
     "pad_rows",
+    "power_of_two_bucket",
     "restart_keys",
     "row_bucket",
     "seeded_keys",
+    "weights_ok_on_host",
 ]

@@ -298,14 +298,18 @@ class CachedProgram:
         key = (static, shapes, context)
         program = self.programs.get(key)
         if program is None:
-            program = self.build(arguments, static, shapes, context)
+            program = self.build(arguments, dynamic, static, shapes, context)
             self.programs[key] = program
         return program(**dynamic)
 
     def build(
-        self, arguments: dict[str, Any], static: tuple[Any, ...], shapes: Any, context: Any
+        self,
+        arguments: dict[str, Any],
+        dynamic: dict[str, Any],
+        static: tuple[Any, ...],
+        shapes: Any,
+        context: Any,
     ) -> Any:
-        dynamic = {k: v for k, v in arguments.items() if k not in self.static_argnames}
         options = compile_options(dynamic, self.lanes_argname)
         folder = cache_dir()
         path = None

@@ -16,7 +16,14 @@ import numpy as np
 from jax import lax
 
 from jaxem.core.algorithm import EM
-from jaxem.core.inputs import check_iterations, is_key, model_data, num_lanes, restart_keys
+from jaxem.core.inputs import (
+    check_iterations,
+    is_key,
+    model_data,
+    num_lanes,
+    power_of_two_bucket,
+    restart_keys,
+)
 from jaxem.core.kernel import EMKernel, EMState, Status
 from jaxem.core.program_cache import cached_jit
 from jaxem.core.rows import initial_params
@@ -150,16 +157,16 @@ def run_fit(
     return finish(kernel, state, history, rows, size, with_stats=with_stats)
 
 
-def history_size(max_iter: int) -> int:
+def history_length(max_iter: int) -> int:
     """The history buffer of a compiled fit: the next power of two of ``max_iter``, at least 16,
     so that every ``max_iter`` of a bucket runs one compiled program (``max_iter`` itself is a
     run-time value).
 
     Example:
-        >>> [history_size(n) for n in (0, 16, 17, 100, 1000)]
+        >>> [history_length(n) for n in (0, 16, 17, 100, 1000)]
         [16, 16, 32, 128, 1024]
     """
-    return max(16, 1 << (max(max_iter, 1) - 1).bit_length())
+    return power_of_two_bucket(max_iter, minimum=16)
 
 
 def trim_history(result: FitResult, max_iter: int) -> FitResult:
@@ -266,7 +273,7 @@ def fit(
     rows = algo.rows(x, row_weights)
     if is_key(init):
         init = take_lane(start_params(algo.model, init[None], rows), 0)
-    result = _fit_program(algo.kernel, init, rows, tol, max_iter, history_size(max_iter), verbose)
+    result = _fit_program(algo.kernel, init, rows, tol, max_iter, history_length(max_iter), verbose)
     return trim_history(result, max_iter)
 
 
@@ -317,7 +324,7 @@ def fit_restarts(
     if is_key(init):
         init = start_params(algo.model, init, rows)
     best, results, stats, total = _restarts_program(
-        algo.kernel, init, rows, tol, max_iter, history_size(max_iter), verbose
+        algo.kernel, init, rows, tol, max_iter, history_length(max_iter), verbose
     )
     best, results = trim_history(best, max_iter), trim_history(results, max_iter)
     return (best, results, FinalStats(stats, total)) if final_stats else (best, results)
@@ -333,7 +340,7 @@ __all__ = [
     "fit",
     "fit_loop",
     "fit_restarts",
-    "history_size",
+    "history_length",
     "report_progress",
     "run_fit",
     "sample_size_of",

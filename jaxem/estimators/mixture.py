@@ -24,8 +24,8 @@ from jaxem.core.algorithm import em
 from jaxem.core.estep import total_weight
 from jaxem.core.inputs import (
     PAD_FIT_MAX_ROWS,
-    lane_bucket,
     pad_rows,
+    power_of_two_bucket,
     prepare_data,
     seeded_keys,
 )
@@ -78,18 +78,6 @@ def _per_row(model: Mixture, params: MixtureParams, x: Array, output: str, batch
 
 # Compiled once per model and shapes, for every call (each of partial_fit's mini-batches).
 online_update = cached_jit(OnlineEM.update, static_argnames=("self",))
-
-
-def sample_bucket(num_samples: int) -> int:
-    """The rows a sample of ``num_samples`` is drawn in: the next power of two, at least 16, so
-    that every size of a bucket runs one compiled program (the draws beyond ``num_samples`` are
-    dropped).
-
-    Example:
-        >>> [sample_bucket(n) for n in (1, 16, 17, 1000)]
-        [16, 16, 32, 1024]
-    """
-    return max(16, 1 << (num_samples - 1).bit_length())
 
 
 @partial(cached_jit, static_argnames=("model", "bucket"))
@@ -253,7 +241,7 @@ class MixtureModel(*DENSITY_BASES, EMEstimator):
     ) -> tuple[Mixture, Any, Array, Array | None]:
         """The model EM fits (with the labels' wrapper), its data, the rows and row weights.
 
-        With ``pad`` (and at most ``PAD_FIT_MAX_ROWS`` rows) the rows are padded to their
+        With ``pad`` the rows are padded to their
         :func:`jaxem.core.inputs.row_bucket` with rows of weight 0, so that fits of nearby sizes
         (cross-validation folds, subsets) share their compiled programs."""
         num_samples = array.shape[0]
@@ -263,7 +251,7 @@ class MixtureModel(*DENSITY_BASES, EMEstimator):
         check_family_data = getattr(model.components, "check_data", None)
         if check_family_data is not None:
             check_family_data(array)
-        if pad and num_samples <= PAD_FIT_MAX_ROWS:
+        if pad:
             array, sample_weight = pad_rows(array, sample_weight)
             if labels is not None:
                 labels = np.concatenate([labels, np.full(array.shape[0] - num_samples, -1)])
@@ -300,15 +288,16 @@ class MixtureModel(*DENSITY_BASES, EMEstimator):
                 f"{previous[0]} features), but this fit has {model.num_components} "
                 f"components and {num_features} features: set warm_start=False to start afresh."
             )
+        # A small fit runs on rows padded to a bucket, and its restarts in a bucket of lanes, the
+        # extra ones copies of lane 0 (so the best lane is the same): another N or n_init of the
+        # buckets compiles nothing.
+        small = num_samples <= PAD_FIT_MAX_ROWS
         fit_model, data, x, row_weights = self._problem(
-            model, array, y, sample_weight, marginalize, pad=True
+            model, array, y, sample_weight, marginalize, pad=small
         )
         width = chunk_width(fit_model, data)
         num_rows = x.shape[0]  # padded
-        # A small fit runs its restarts in a bucket of lanes, the extra ones copies of lane 0 (so
-        # the best lane is the same), and another n_init of the bucket compiles nothing.
-        small = num_samples <= PAD_FIT_MAX_ROWS
-        num_lanes = lane_bucket(settings.num_restarts) if small else settings.num_restarts
+        num_lanes = power_of_two_bucket(settings.num_restarts) if small else settings.num_restarts
         restart_chunk = settings.chunk_size or default_chunk_size(num_rows, width, num_lanes)
         algo = em(fit_model, self._mstep(fit_model), restart_chunk, accelerate=self.accelerate)
         if warm:
@@ -483,7 +472,9 @@ class MixtureModel(*DENSITY_BASES, EMEstimator):
             )
         key = seeded_keys(validation.check_random_state(self.random_state))
         n_samples = int(n_samples)
-        x, labels = _sample(self.model_, self.params_, key, n_samples, sample_bucket(n_samples))
+        x, labels = _sample(
+            self.model_, self.params_, key, n_samples, power_of_two_bucket(n_samples, minimum=16)
+        )
         return np.asarray(x)[:n_samples], np.asarray(labels)[:n_samples]
 
 
